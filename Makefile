@@ -1,0 +1,47 @@
+# The two commands a newcomer needs: `make demo` and `make test`.
+# Both bootstrap .venv themselves; the install is redone only when setup.cfg
+# or pyproject.toml change (the stamp file depends on them).
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+TOOLS  := curl openssl haproxy chromium certutil
+PKI_OUT := pki/out
+
+.PHONY: demo test lint check-demo lb-demo bench venv tools clean
+
+$(STAMP): setup.cfg pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	@touch $@
+
+venv: $(STAMP)
+
+tools:
+	@tools/ensure-tools $(TOOLS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: $(STAMP) tools lint
+	$(BIN)/python -m pytest
+
+demo: $(STAMP)
+	$(BIN)/python demo.py --pki $(PKI_OUT)
+
+check-demo: $(STAMP)
+	$(BIN)/python demo.py --pki $(PKI_OUT) --check
+
+lb-demo: $(STAMP)
+	@tools/ensure-tools haproxy
+	$(BIN)/python demo.py --pki $(PKI_OUT) --lb
+
+bench: $(STAMP)
+	$(BIN)/python bench/handshakes.py
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
