@@ -1,0 +1,258 @@
+"""A CA directory and what the commands do to it: init, issue, revoke, re-sign the CRL.
+
+Each command is a ``plan_*`` function that reads and checks everything it
+needs, builds every object in memory and returns a `Plan` of files to write.
+Nothing here writes; `Plan.commit()` does, once the whole plan exists. The
+file names are the seed's: root.crt/key, global.crt/key, crl.pem, and
+NAME.key, NAME.crt, NAME-chain.crt (leaf + global, never the root), NAME.p12.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.x509.oid import NameOID
+
+from mtls.identity import format_serial
+from pki import authority, names, store
+from pki.authority import Issued, KeyType, Profile
+from pki.errors import InvalidNameError, StoreError
+from pki.index import Index, dump_index, entry_for
+
+CA_FILES = ("root.crt", "root.key", "global.crt", "global.key")
+#: Names whose files would overwrite the CA's own.
+RESERVED = frozenset({"root", "global", "crl", "index"})
+CRL_DAYS = 7
+
+
+@dataclass(frozen=True)
+class CaDir:
+    path: Path
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    def has_ca(self) -> list[str]:
+        return [f for f in CA_FILES if (self / f).exists()]
+
+    def load_global(self) -> Issued:
+        """The signing CA. The root key is not needed: it can stay offline after `pki init`."""
+        missing = [f for f in ("global.crt", "global.key") if not (self / f).exists()]
+        if missing:
+            raise StoreError(
+                f"no CA in {self.path} ({' and '.join(missing)} missing); "
+                f"run `pki init --dir {self.path}` first"
+            )
+        fix = f"restore it from a backup, or start over with `pki init --dir {self.path} --force`"
+        return store.load_issued(self / "global.crt", self / "global.key", fix=fix)
+
+    def load_index(self) -> Index:
+        return store.load_index(self / "index.json")
+
+
+@dataclass(frozen=True)
+class LeafRequest:
+    name: str
+    profile: Profile
+    cn: str | None = None
+    ou: str | None = None
+    org: str | None = None
+    dns: Sequence[str] = ()
+    ips: Sequence[str] = ()
+    uris: Sequence[str] = ()
+    emails: Sequence[str] = ()
+    days: int = 365
+    key_type: KeyType = "ec"
+    rsa_bits: int = 2048
+
+
+def leaf_files(name: str) -> tuple[str, str, str]:
+    return f"{name}.key", f"{name}.crt", f"{name}-chain.crt"
+
+
+def new_ca(
+    *,
+    org: str = "Example",
+    key_type: KeyType = "ec",
+    rsa_bits: int = 2048,
+    crl_url: str | None = None,
+    now: datetime.datetime | None = None,
+) -> tuple[Issued, Issued, Index]:
+    """Root -> global, and an index that remembers the CRL URL for every later leaf."""
+    if crl_url is not None:
+        names.check_url(crl_url, what="--crl-url")
+    root_name = authority.make_name("Example Root CA", o=org)
+    root = authority.build_root(name=root_name, key_type=key_type, now=now, rsa_bits=rsa_bits)
+    global_name = authority.make_name("Example Global CA", o=org)
+    global_ca = authority.build_intermediate(
+        root, name=global_name, key_type=key_type, now=now, rsa_bits=rsa_bits
+    )
+    return root, global_ca, Index(crl_url=crl_url)
+
+
+def add_ca(plan: store.Plan, ca: CaDir, root: Issued, global_ca: Issued) -> None:
+    plan.add(ca / "root.key", store.encode_key(root.key), mode=store.KEY_MODE)
+    plan.add(ca / "root.crt", store.encode_certs([root.cert]))
+    plan.add(ca / "global.key", store.encode_key(global_ca.key), mode=store.KEY_MODE)
+    plan.add(ca / "global.crt", store.encode_certs([global_ca.cert]))
+
+
+def plan_init(
+    ca: CaDir,
+    *,
+    org: str = "Example",
+    key_type: KeyType = "ec",
+    rsa_bits: int = 2048,
+    crl_url: str | None = None,
+    force: bool = False,
+    now: datetime.datetime | None = None,
+) -> store.Plan:
+    present = ca.has_ca()
+    if present and not force:
+        raise StoreError(
+            f"{ca.path} already holds a CA ({', '.join(present)}); "
+            "pass --force to replace it (every certificate it issued stops being trusted)"
+        )
+    root, global_ca, index = new_ca(
+        org=org, key_type=key_type, rsa_bits=rsa_bits, crl_url=crl_url, now=now
+    )
+    plan = store.Plan()
+    add_ca(plan, ca, root, global_ca)
+    add_crl(plan, ca, global_ca, index, now=now)
+    plan.report += [
+        f"root CA:   {ca / 'root.crt'}  ({root.cert.subject.rfc4514_string()})",
+        f"global CA: {ca / 'global.crt'}  (pathlen 0, signs the leaves)",
+        f"CRL:       {ca / 'crl.pem'}",
+        f"{ca / 'root.key'} is only needed to renew the global CA: move it offline.",
+    ]
+    return plan
+
+
+def add_crl(
+    plan: store.Plan,
+    ca: CaDir,
+    global_ca: Issued,
+    index: Index,
+    *,
+    days: int = CRL_DAYS,
+    now: datetime.datetime | None = None,
+) -> Index:
+    """Sign a CRL from the index; the index is written first, so a lost CRL can be re-signed."""
+    index = index.next_crl()
+    crl = authority.build_crl(
+        global_ca, index.revoked(), now=now, next_update_days=days, number=index.crl_number
+    )
+    plan.add(ca / "index.json", dump_index(index))
+    plan.add(ca / "crl.pem", store.encode_crl(crl))
+    return index
+
+
+def new_leaf(
+    global_ca: Issued,
+    request: LeafRequest,
+    *,
+    crl_url: str | None = None,
+    now: datetime.datetime | None = None,
+) -> Issued:
+    org = request.org
+    if org is None:
+        orgs = global_ca.cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
+        org = str(orgs[0].value) if orgs else None
+    name = authority.make_name(request.cn or request.name, ou=request.ou, o=org)
+    return authority.build_leaf(
+        global_ca,
+        name=name,
+        profile=request.profile,
+        dns=request.dns,
+        ips=request.ips,
+        uris=request.uris,
+        emails=request.emails,
+        days=request.days,
+        key_type=request.key_type,
+        rsa_bits=request.rsa_bits,
+        crl_url=crl_url,
+        now=now,
+    )
+
+
+def add_leaf(plan: store.Plan, ca: CaDir, name: str, leaf: Issued) -> None:
+    key_file, crt_file, chain_file = leaf_files(name)
+    plan.add(ca / key_file, store.encode_key(leaf.key), mode=store.KEY_MODE)
+    plan.add(ca / crt_file, store.encode_certs([leaf.cert]))
+    plan.add(ca / chain_file, store.encode_certs(leaf.chain_file_certs))
+
+
+def plan_issue(
+    ca: CaDir,
+    request: LeafRequest,
+    *,
+    p12_password: bytes | None = None,
+    force: bool = False,
+    now: datetime.datetime | None = None,
+) -> store.Plan:
+    if request.name in RESERVED:
+        raise InvalidNameError(f"name {request.name!r} is reserved for the CA's own files")
+    names.check_file_stem(request.name)
+    global_ca = ca.load_global()
+    index = ca.load_index()
+    files = [*leaf_files(request.name), *([f"{request.name}.p12"] if p12_password else [])]
+    earlier = [e for e in index.entries if e.name == request.name and e.revoked_at is None]
+    existing = [f for f in files if (ca / f).exists()]
+    if (existing or earlier) and not force:
+        what = ", ".join(existing) or f"serial {format_serial(earlier[-1].serial)} in the index"
+        raise StoreError(
+            f"{request.name} was already issued ({what}); pass --force to issue a new one"
+        )
+    leaf = new_leaf(global_ca, request, crl_url=index.crl_url, now=now)
+    plan = store.Plan()
+    add_leaf(plan, ca, request.name, leaf)
+    if p12_password:
+        p12 = authority.build_p12(leaf, p12_password, friendly_name=request.name)
+        plan.add(ca / f"{request.name}.p12", p12, mode=store.KEY_MODE)
+    plan.add(ca / "index.json", dump_index(index.add(entry_for(request.name, leaf.cert))))
+    plan.report.append(f"issued {request.name}: {', '.join(str(ca / f) for f in files)}")
+    if not p12_password and (ca / f"{request.name}.p12").exists():
+        plan.report.append(f"{ca / request.name}.p12 still holds the previous certificate")
+    plan.report += [
+        f"previous certificate {format_serial(e.serial)} stays valid until "
+        f"{e.not_after:%Y-%m-%d}; `pki revoke {format_serial(e.serial)} --dir {ca.path} "
+        "--reason superseded` retires it"
+        for e in earlier
+    ]
+    return plan
+
+
+def plan_revoke(
+    ca: CaDir, target: str, *, reason: str = "unspecified", now: datetime.datetime | None = None
+) -> store.Plan:
+    if reason not in authority.REASONS:
+        raise InvalidNameError(f"reason {reason!r} must be one of {', '.join(authority.REASONS)}")
+    global_ca = ca.load_global()
+    index = ca.load_index()
+    entries = index.find(target)
+    when = now or datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+    index = index.revoke({e.serial for e in entries}, when, reason)
+    plan = store.Plan()
+    add_crl(plan, ca, global_ca, index, now=now)
+    plan.report += [
+        f"revoked {e.name} (serial {format_serial(e.serial)}, {reason}); {ca / 'crl.pem'} updated"
+        for e in entries
+    ]
+    return plan
+
+
+def plan_crl(
+    ca: CaDir, *, days: int = CRL_DAYS, now: datetime.datetime | None = None
+) -> store.Plan:
+    global_ca = ca.load_global()
+    plan = store.Plan()
+    index = add_crl(plan, ca, global_ca, ca.load_index(), days=days, now=now)
+    revoked = len(index.revoked())
+    plan.report.append(
+        f"{ca / 'crl.pem'}: CRL number {index.crl_number}, {revoked} revoked, "
+        f"next update in {days} days"
+    )
+    return plan
