@@ -1,0 +1,340 @@
+"""Client certificate -> the mod_ssl environ keys our apps and policies read.
+
+Pure functions over `cryptography` objects: no sockets, no files, no clock.
+Names and formats are Apache mod_ssl 2.4's (https://httpd.apache.org/docs/
+current/mod/mod_ssl.html#envvars, ``ssl_engine_vars.c``), which prints
+through OpenSSL, so a DN regex written for Apache works here unchanged.
+
+DNs are printed from the name's DER, not by ``Name.rfc4514_string()``: the
+two differ where a regex cares (order inside a multi-valued RDN, control
+characters, a lone ``#``, ``serialNumber`` vs ``2.5.4.5``, unknown types).
+Deliberately NOT reproduced: types OpenSSL can name but ``_SHORT_NAMES``
+lacks (printed as ``OID=#hex``, as OpenSSL prints types it cannot name), and
+OpenSSL's byte-wise output for malformed strings (we decode with U+FFFD).
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections import Counter
+from dataclasses import dataclass, field
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+#: Where the worker puts the PeerIdentity (or None) for Python code.
+PEER_ENVIRON_KEY = "mtls.peer"
+
+# OpenSSL's short names (OBJ_nid2sn) for the attribute types found in DNs.
+_SHORT_NAMES = {
+    "2.5.4.3": "CN", "2.5.4.4": "SN", "2.5.4.5": "serialNumber", "2.5.4.6": "C",
+    "2.5.4.7": "L", "2.5.4.8": "ST", "2.5.4.9": "street", "2.5.4.10": "O",
+    "2.5.4.11": "OU", "2.5.4.12": "title", "2.5.4.13": "description",
+    "2.5.4.15": "businessCategory", "2.5.4.17": "postalCode", "2.5.4.41": "name",
+    "2.5.4.42": "GN", "2.5.4.43": "initials", "2.5.4.44": "generationQualifier",
+    "2.5.4.45": "x500UniqueIdentifier", "2.5.4.46": "dnQualifier", "2.5.4.65": "pseudonym",
+    "2.5.4.72": "role", "2.5.4.97": "organizationIdentifier",
+    "1.2.840.113549.1.9.1": "emailAddress", "1.2.840.113549.1.9.2": "unstructuredName",
+    "0.9.2342.19200300.100.1.1": "UID", "0.9.2342.19200300.100.1.25": "DC",
+    "1.3.6.1.4.1.311.60.2.1.1": "jurisdictionL", "1.3.6.1.4.1.311.60.2.1.2": "jurisdictionST",
+    "1.3.6.1.4.1.311.60.2.1.3": "jurisdictionC",
+}  # fmt: skip
+# mod_ssl's ssl_var_lookup_ssl_cert_dn_rec (the rows it extracts): SSL_CLIENT_S_DN_<tag>.
+_ENV_TAGS = {
+    "2.5.4.6": "C", "2.5.4.8": "ST", "2.5.4.7": "L", "2.5.4.10": "O", "2.5.4.11": "OU",
+    "2.5.4.3": "CN", "2.5.4.12": "T", "2.5.4.43": "I", "2.5.4.42": "G", "2.5.4.4": "S",
+    "2.5.4.13": "D", "0.9.2342.19200300.100.1.1": "UID", "1.2.840.113549.1.9.1": "Email",
+}  # fmt: skip
+# OBJ_nid2ln, as mod_ssl prints SSL_CLIENT_A_KEY / SSL_CLIENT_A_SIG.
+_LONG_NAMES = {
+    "1.2.840.10045.2.1": "id-ecPublicKey", "1.2.840.113549.1.1.1": "rsaEncryption",
+    "1.2.840.113549.1.1.10": "rsassaPss", "1.3.101.112": "ED25519", "1.3.101.113": "ED448",
+    "1.2.840.10045.4.3.2": "ecdsa-with-SHA256", "1.2.840.10045.4.3.3": "ecdsa-with-SHA384",
+    "1.2.840.10045.4.3.4": "ecdsa-with-SHA512", "1.2.840.113549.1.1.5": "sha1WithRSAEncryption",
+    "1.2.840.113549.1.1.11": "sha256WithRSAEncryption",
+    "1.2.840.113549.1.1.12": "sha384WithRSAEncryption",
+    "1.2.840.113549.1.1.13": "sha512WithRSAEncryption",
+}  # fmt: skip
+# ASN.1 string tags OpenSSL prints as text (tag2nbyte in a_strex.c); others are hex-dumped.
+_CODECS = {12: "utf-8", 28: "utf-32-be", 30: "utf-16-be"}
+_CODECS.update(dict.fromkeys((18, 19, 20, 22, 23, 24, 26), "latin-1"))
+_RFC2253_SPECIALS = frozenset(',+"\\<>;')
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+_DAY = 86400
+
+
+@dataclass(frozen=True)
+class _Entry:  # one DN attribute, in DER order as OpenSSL's X509_NAME holds it
+    rdn: int  # index of its RDN (SET): attributes of one RDN print joined by "+"
+    oid: str
+    tag: int
+    content: bytes
+    tlv: bytes
+
+
+def format_dn(name: x509.Name) -> str:
+    """RFC 4514 string, most specific RDN first, no spaces: what DN policies match.
+
+    Exactly mod_ssl's SSL_CLIENT_S_DN: ``X509_NAME_print_ex`` with
+    ``XN_FLAG_RFC2253 & ~ASN1_STRFLGS_ESC_MSB``, e.g.
+    ``CN=homepage.internal,OU=Services,O=Example``. Non-ASCII stays UTF-8;
+    ``,+"\\<>;``, a leading space or ``#`` and a trailing space are
+    backslash-escaped; control characters become ``\\XX``; unknown attribute
+    types print as ``OID=#<DER hex>`` (RFC 4514 section 2.4).
+    """
+    parts: list[str] = []
+    previous: int | None = None
+    for entry in reversed(_entries(name)):
+        if previous is not None:
+            parts.append("+" if entry.rdn == previous else ",")
+        previous = entry.rdn
+        label = _SHORT_NAMES.get(entry.oid)
+        # XN_FLAG_DUMP_UNKNOWN_FIELDS: an attribute type without a name is hex-dumped.
+        value = _print_value(entry, rfc2253=True) if label else "#" + entry.tlv.hex().upper()
+        parts.append(f"{label or entry.oid}={value}")
+    return "".join(parts)
+
+
+def format_serial(serial: int) -> str:
+    """Upper-case hex in whole bytes, as mod_ssl's SSL_CLIENT_M_SERIAL (``0A1B2C``).
+
+    That is OpenSSL's ``i2a_ASN1_INTEGER``: the magnitude's bytes, ``-`` for
+    a negative (non-RFC 5280) serial, ``00`` for zero.
+    """
+    magnitude = abs(serial)
+    text = magnitude.to_bytes(max(1, (magnitude.bit_length() + 7) // 8), "big").hex().upper()
+    return "-" + text if serial < 0 else text
+
+
+def format_time(moment: datetime.datetime) -> str:
+    """OpenSSL's ASN1_TIME_print format, as mod_ssl's SSL_CLIENT_V_START/_END.
+
+    The day is space-padded to two characters: ``Feb  6 03:04:05 2027 GMT``.
+    English month names whatever the process locale; a naive datetime is
+    taken as UTC (cryptography's deprecated ``not_valid_*`` are naive UTC).
+    """
+    utc = _utc(moment)
+    return f"{_MONTHS[utc.month - 1]} {utc.day:2d} {utc:%H:%M:%S} {utc.year} GMT"
+
+
+def remaining_days(not_after: datetime.datetime, now: datetime.datetime) -> int:
+    """SSL_CLIENT_V_REMAIN as mod_ssl 2.4 computes it (``ssl_var_lookup_ssl_cert_remain``).
+
+    Whole seconds, ``(notAfter - now) / 86400`` truncated, never below 0, and
+    one day more than the plain difference: mod_ssl passes ``tm_mday + 1``
+    to APR, so a certificate expiring in 30 days shows 31 and one that
+    expires within the next day shows 1 (0 only once it has expired).
+    """
+    seconds = int((_utc(not_after) - _utc(now).replace(microsecond=0)).total_seconds())
+    return max(0, (seconds + _DAY) // _DAY)
+
+
+def peer_from_der(der: bytes) -> x509.Certificate:
+    """Parse ``SSLSocket.getpeercert(binary_form=True)``, and everything we read from it.
+
+    cryptography parses names and extensions lazily and is stricter than
+    OpenSSL, so touch them here: a ValueError surfaces once, where the
+    worker can refuse the connection, not later inside a request.
+    """
+    cert = x509.load_der_x509_certificate(der)
+    _ = (cert.subject, cert.issuer, cert.extensions, cert.not_valid_after_utc)
+    return cert
+
+
+@dataclass(frozen=True)
+class PeerIdentity:
+    """The verified client certificate, parsed once per connection for Python code.
+
+    DNs and serial are the environ's strings; times are aware UTC datetimes;
+    SAN values are the certificate's own, not escaped as the environ's are.
+    """
+
+    subject_dn: str
+    issuer_dn: str
+    serial: str
+    not_before: datetime.datetime
+    not_after: datetime.datetime
+    san_dns: tuple[str, ...]
+    san_uri: tuple[str, ...]
+    san_ip: tuple[str, ...]
+    san_email: tuple[str, ...]
+    cert: x509.Certificate = field(repr=False)
+
+    @classmethod
+    def from_certificate(cls, cert: x509.Certificate) -> PeerIdentity:
+        sans = _sans(cert)
+        return cls(
+            subject_dn=format_dn(cert.subject),
+            issuer_dn=format_dn(cert.issuer),
+            serial=format_serial(cert.serial_number),
+            not_before=cert.not_valid_before_utc,
+            not_after=cert.not_valid_after_utc,
+            san_dns=tuple(sans["DNS"]),
+            san_uri=tuple(sans["URI"]),
+            san_ip=tuple(sans["IPaddr"]),
+            san_email=tuple(sans["Email"]),
+            cert=cert,
+        )
+
+
+def build_tls_environ(
+    *,
+    protocol: str,
+    cipher: str,
+    sni: str | None,
+    resumed: bool,
+    peer: x509.Certificate | None,
+    now: datetime.datetime,
+) -> dict[str, str]:
+    """The mod_ssl variables for one connection (all ``str``, PEP 3333).
+
+    As mod_ssl's fixup hook does, a variable whose value is empty is left
+    out (no SNI, an empty subject). SSL_CLIENT_SAN_IPaddr_n and _URI_n are
+    our extension in mod_ssl's style; mod_ssl exports DNS and Email only.
+    """
+    env = {
+        "HTTPS": "on",
+        "SSL_PROTOCOL": protocol,
+        "SSL_CIPHER": cipher,
+        "SSL_TLS_SNI": sni or "",
+        "SSL_SESSION_RESUMED": "Resumed" if resumed else "Initial",
+        "SSL_CLIENT_VERIFY": "SUCCESS" if peer is not None else "NONE",
+    }
+    if peer is not None:
+        env.update(_certificate_vars(peer, now))
+    return {key: value for key, value in env.items() if value}
+
+
+def _certificate_vars(cert: x509.Certificate, now: datetime.datetime) -> dict[str, str]:
+    env = {
+        "SSL_CLIENT_M_VERSION": str(cert.version.value + 1),
+        "SSL_CLIENT_M_SERIAL": format_serial(cert.serial_number),
+        "SSL_CLIENT_S_DN": format_dn(cert.subject),
+        "SSL_CLIENT_I_DN": format_dn(cert.issuer),
+        "SSL_CLIENT_V_START": format_time(cert.not_valid_before_utc),
+        "SSL_CLIENT_V_END": format_time(cert.not_valid_after_utc),
+        "SSL_CLIENT_V_REMAIN": str(remaining_days(cert.not_valid_after_utc, now)),
+        "SSL_CLIENT_A_KEY": _LONG_NAMES.get(cert.public_key_algorithm_oid.dotted_string, "UNKNOWN"),
+        "SSL_CLIENT_A_SIG": _LONG_NAMES.get(cert.signature_algorithm_oid.dotted_string, "UNKNOWN"),
+        "SSL_CLIENT_CERT": cert.public_bytes(serialization.Encoding.PEM).decode("ascii"),
+    }
+    env.update(_dn_vars("SSL_CLIENT_S_DN_", cert.subject))
+    env.update(_dn_vars("SSL_CLIENT_I_DN_", cert.issuer))
+    for kind, values in _sans(cert).items():
+        for index, value in enumerate(values):
+            # mod_ssl escapes control characters in SAN values too (asn1_string_to_utf8).
+            env[f"SSL_CLIENT_SAN_{kind}_{index}"] = _escape(value, rfc2253=False)
+    return env
+
+
+def _dn_vars(prefix: str, name: x509.Name) -> dict[str, str]:
+    """mod_ssl's extract_dn: DER order, first ``<prefix>OU``, then ``OU_1``, ``OU_2``...
+
+    Values are unescaped text (ESC_CTRL | UTF8_CONVERT only): ``Smith, John``.
+    """
+    env: dict[str, str] = {}
+    seen: Counter[str] = Counter()
+    for entry in _entries(name):
+        tag = _ENV_TAGS.get(entry.oid)
+        if tag is not None:
+            key = f"{prefix}{tag}_{seen[tag]}" if seen[tag] else prefix + tag
+            env[key] = _print_value(entry, rfc2253=False)
+            seen[tag] += 1
+    return env
+
+
+def _sans(cert: x509.Certificate) -> dict[str, list[str]]:
+    """subjectAltName values by mod_ssl kind, in certificate order (RFC 5280 4.2.1.6)."""
+    sans: dict[str, list[str]] = {"DNS": [], "Email": [], "IPaddr": [], "URI": []}
+    try:
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return sans
+    for general in names:
+        if isinstance(general, x509.DNSName):
+            sans["DNS"].append(general.value)
+        elif isinstance(general, x509.RFC822Name):
+            sans["Email"].append(general.value)
+        elif isinstance(general, x509.IPAddress):
+            sans["IPaddr"].append(str(general.value))
+        elif isinstance(general, x509.UniformResourceIdentifier):
+            sans["URI"].append(general.value)
+    return sans
+
+
+def _print_value(entry: _Entry, *, rfc2253: bool) -> str:
+    """OpenSSL's do_print_ex: decode by ASN.1 string type, then escape."""
+    codec = _CODECS.get(entry.tag)
+    if codec is None and rfc2253:
+        return "#" + entry.tlv.hex().upper()  # ASN1_STRFLGS_DUMP_UNKNOWN | DUMP_DER
+    return _escape(entry.content.decode(codec or "latin-1", "replace"), rfc2253=rfc2253)
+
+
+def _escape(text: str, *, rfc2253: bool) -> str:
+    """OpenSSL's do_esc_char: RFC 2253 escapes (optional) and ``\\XX`` for control characters.
+
+    OpenSSL quirk kept: a one-character value is only checked as the *last*
+    character, so a lone ``#`` is not escaped (a lone space is).
+    """
+    last = len(text) - 1
+    out = []
+    for index, char in enumerate(text):
+        if rfc2253 and (
+            char in _RFC2253_SPECIALS
+            or (char == " " and index in (0, last))
+            or (char == "#" and index == 0 < last)
+        ):
+            out.append("\\" + char)
+        elif char < " " or char == "\x7f":
+            out.append(f"\\{ord(char):02X}")
+        elif char == "\\":
+            out.append("\\\\")  # any escaping at all escapes the escape character
+        else:
+            out.append(char)
+    return "".join(out)
+
+
+def _entries(name: x509.Name) -> list[_Entry]:
+    """Walk Name ::= SEQUENCE OF SET OF SEQUENCE {type OID, value ANY} (RFC 5280 4.1.2.4)."""
+    ((_, rdns, _),) = _children(name.public_bytes())
+    entries = []
+    for index, (_, rdn, _) in enumerate(_children(rdns)):
+        for _, attribute, _ in _children(rdn):
+            (_, oid, _), (tag, content, tlv) = _children(attribute)
+            entries.append(_Entry(index, _oid_text(oid), tag, content, tlv))
+    return entries
+
+
+def _children(data: bytes) -> list[tuple[int, bytes, bytes]]:
+    """The DER elements (one-byte tag, definite length) in ``data``: (tag, content, TLV)."""
+    elements, position = [], 0
+    while position < len(data):
+        start, tag, length = position, data[position], data[position + 1]
+        position += 2
+        if length & 0x80:
+            size = length & 0x7F
+            length = int.from_bytes(data[position : position + size], "big")
+            position += size
+        if position + length > len(data):
+            raise ValueError("DER element in a name overruns its container")
+        elements.append((tag, data[position : position + length], data[start : position + length]))
+        position += length
+    return elements
+
+
+def _oid_text(der: bytes) -> str:
+    """Dotted form of a DER OBJECT IDENTIFIER (X.690 8.19)."""
+    arcs, value = [], 0
+    for byte in der:
+        value = value << 7 | byte & 0x7F
+        if not byte & 0x80:
+            arcs.append(value)
+            value = 0
+    first = min(arcs[0] // 40, 2)
+    return ".".join(str(arc) for arc in (first, arcs[0] - 40 * first, *arcs[1:]))
+
+
+def _utc(moment: datetime.datetime) -> datetime.datetime:
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=datetime.UTC)
+    return moment.astimezone(datetime.UTC)
