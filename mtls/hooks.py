@@ -1,0 +1,103 @@
+"""gunicorn server hooks: build the TLS state in the master, hand it to each worker.
+
+gunicorn_conf.py assigns these; they are the only glue between gunicorn's
+process model and mtls.context. The state is built before the first fork
+(one session-ticket key for all workers) and rebuilt on SIGHUP or when the
+files change; a state that does not validate never replaces a good one.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from typing import Any
+
+from mtls.context import TlsState, files_fingerprint, load_tls_state
+from mtls.errors import MtlsError
+from mtls.settings import ServerSettings
+from mtls.worker import MtlsWorker
+
+_STATE = "mtls_state"
+
+
+def on_starting(server: Any) -> None:
+    """Fail fast (the seed's validateCerts): gunicorn prints a RuntimeError as `Error: ...`."""
+    worker_class = server.worker_class
+    if not (isinstance(worker_class, type) and issubclass(worker_class, MtlsWorker)):
+        raise RuntimeError(
+            f"worker_class is {server.cfg.worker_class_str}, not mtls.worker.MtlsWorker: "
+            "client identity would never reach the app. (gunicorn swaps a class whose name "
+            "ends in SyncWorker for its gthread worker when threads > 1.)"
+        )
+    try:
+        state = load_tls_state(ServerSettings.from_env())
+    except MtlsError as e:
+        raise RuntimeError(str(e)) from None
+    _log_state(server, state, "loaded")
+    setattr(server, _STATE, state)
+
+
+def when_ready(server: Any) -> None:
+    state: TlsState = getattr(server, _STATE)
+    interval = state.settings.reload_interval
+    if interval > 0:
+        watcher = threading.Thread(
+            target=_watch_files, args=(server, interval), name="mtls-file-watcher", daemon=True
+        )
+        watcher.start()
+
+
+def pre_fork(server: Any, worker: Any) -> None:
+    worker.tls_state = getattr(server, _STATE)
+
+
+def on_reload(server: Any) -> None:
+    """SIGHUP (sent by the watcher, or by an operator): swap in a new state if it validates."""
+    old: TlsState = getattr(server, _STATE)
+    try:
+        new = load_tls_state(ServerSettings.from_env())
+    except MtlsError as e:
+        server.log.error("TLS reload refused, keeping the previous certificates: %s", e)
+        return
+    if new.fingerprint == old.fingerprint and new.settings == old.settings:
+        # Same files: keep the context, so outstanding session tickets stay valid.
+        server.log.info("TLS files unchanged; keeping the current context")
+        return
+    setattr(server, _STATE, new)
+    _log_state(server, new, "reloaded")
+
+
+def _log_state(server: Any, state: TlsState, verb: str) -> None:
+    from mtls.identity import format_dn
+
+    settings = state.settings
+    server.log.info(
+        "mTLS %s: cert=%s (%s, until %s) client_auth=%s trust=%s crl=%s proxy_protocol=%s",
+        verb,
+        settings.certfile,
+        format_dn(state.leaf.subject),
+        f"{state.leaf.not_valid_after_utc:%Y-%m-%d}",
+        settings.client_auth,
+        settings.ca_certs,
+        settings.crlfile or "none",
+        settings.proxy_protocol,
+    )
+    for warning in state.warnings:
+        server.log.warning("mTLS: %s", warning)
+
+
+def _watch_files(server: Any, interval: float) -> None:
+    """Poll the files' inode/size/mtime; on a change, ask the master to reload.
+
+    Only os.stat runs here: validation and the new context are built by the
+    master's own thread in on_reload, so no OpenSSL lock is ever held by this
+    thread when the master forks.
+    """
+    stop = threading.Event()
+    last = files_fingerprint(getattr(server, _STATE).settings)
+    while not stop.wait(interval):
+        current = files_fingerprint(getattr(server, _STATE).settings)
+        if current != last:
+            last = current
+            os.kill(os.getpid(), signal.SIGHUP)
