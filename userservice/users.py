@@ -1,0 +1,116 @@
+"""``/users``: the API the Home Page calls, allowed to the Home Page's DN only.
+
+Built per app by :func:`make_blueprint` because its DN policy comes from the
+settings, and a Flask blueprint cannot take new hooks once registered.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from flask import Blueprint, Response, request, url_for
+from marshmallow import Schema, ValidationError
+from werkzeug.exceptions import NotFound
+
+from mtls.policy import require_dn
+from userservice.schemas import PageQuerySchema, UserCreateSchema, UserPatchSchema, UserSchema
+from userservice.store import User, UserStore
+
+
+class BadInput(Exception):
+    """Client input that fails parsing or validation; becomes a 400 with field errors."""
+
+    def __init__(self, errors: dict[str, Any]) -> None:
+        super().__init__(errors)
+        self.errors = errors
+
+
+_user_schema = UserSchema()
+_create_schema = UserCreateSchema()
+_patch_schema = UserPatchSchema()
+_page_schema = PageQuerySchema()
+
+
+def make_blueprint(store: UserStore, *, allowed_dn: re.Pattern[str]) -> Blueprint:
+    bp = Blueprint("users", __name__, url_prefix="/users")
+    require_dn(bp, allowed_dn, setting="USERSERVICE_ALLOWED_DN")
+
+    @bp.get("")
+    def list_users() -> dict[str, Any]:
+        page = _load(_page_schema, request.args.to_dict())
+        limit, offset = page["limit"], page["offset"]
+        users, total = store.list_users(limit=limit, offset=offset)
+        following = offset + limit
+        return {
+            "items": [_dump(user) for user in users],
+            "total": total,
+            "limit": limit,
+            "offset": offset,
+            "next": (
+                url_for(".list_users", limit=limit, offset=following) if following < total else None
+            ),
+        }
+
+    @bp.post("")
+    def create_user() -> tuple[dict[str, Any], int, dict[str, str]]:
+        data = _load(_create_schema, _json_body())
+        user = store.create_user(name=data["name"], email=data["email"], phone=data["phone"])
+        location = url_for(".get_user", user_id=user.id)
+        return _dump(user), 201, {"Location": location}
+
+    @bp.get("/<int:user_id>")
+    def get_user(user_id: int) -> dict[str, Any]:
+        return _dump(_found(store.get_user(user_id), user_id))
+
+    @bp.patch("/<int:user_id>")
+    def patch_user(user_id: int) -> dict[str, Any]:
+        changes = _load(_patch_schema, _json_body(), partial=True)
+        return _dump(_found(store.update_user(user_id, changes), user_id))
+
+    @bp.delete("/<int:user_id>")
+    def delete_user(user_id: int) -> Response:
+        if not store.delete_user(user_id):
+            raise NotFound(f"No user with id {user_id}.")
+        return Response(status=204)
+
+    return bp
+
+
+def _dump(user: User) -> dict[str, Any]:
+    dumped: dict[str, Any] = _user_schema.dump(user)
+    return dumped
+
+
+def _found(user: User | None, user_id: int) -> User:
+    if user is None:
+        raise NotFound(f"No user with id {user_id}.")
+    return user
+
+
+def _json_body() -> Any:
+    """The request body as JSON, or BadInput saying what is wrong with it.
+
+    Reading the body enforces MAX_CONTENT_LENGTH (413) before any parsing.
+    """
+    if not request.is_json:
+        raise BadInput({"_schema": ["Content-Type must be application/json."]})
+    raw = request.get_data(cache=False)
+    try:
+        return json.loads(raw, parse_constant=_refuse_constant)
+    except ValueError as exc:  # JSONDecodeError, bad UTF-8, NaN/Infinity
+        raise BadInput({"_schema": [f"Malformed JSON: {exc}."]}) from exc
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _load(schema: Schema, data: Any, *, partial: bool = False) -> dict[str, Any]:
+    try:
+        loaded: dict[str, Any] = schema.load(data, partial=partial)
+    except ValidationError as exc:
+        errors = exc.messages  # a dict keyed by field, "_schema" for whole-input errors
+        raise BadInput(errors if isinstance(errors, dict) else {"_schema": errors}) from exc
+    return loaded
