@@ -21,3 +21,25 @@ class PolicyError(MtlsError):
 
 class ProxyHeaderError(MtlsError):
     """A PROXY protocol header is malformed, truncated, oversized or not allowed."""
+
+
+class UpstreamError(MtlsError):
+    """A call to another service over mTLS failed on identity or trust (not on HTTP)."""
+
+
+class UpstreamIdentityError(UpstreamError):
+    """The server could not prove it is the one we require.
+
+    Its chain does not lead to our trust bundle, its certificate does not name
+    the host we dialled, or its subject DN does not match the required regex.
+    Raised before a single request byte is sent.
+    """
+
+
+class ClientCertificateRefusedError(UpstreamError):
+    """The server refused our client certificate.
+
+    With TLS 1.2 this happens inside the handshake; with TLS 1.3 the client
+    considers the handshake done before the server has judged our certificate,
+    so the refusal arrives as an alert (or a reset) on the first read.
+    """

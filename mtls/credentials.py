@@ -1,0 +1,141 @@
+"""The client side's SSLContext: our identity (PEM or PKCS#12) and the root, nothing else.
+
+A private key never reaches the disk in the clear. An encrypted PEM key is
+decrypted by OpenSSL itself (``load_cert_chain(password=...)``). A PKCS#12 is
+opened with ``cryptography``; since ``ssl`` loads keys only from a path, its
+key is re-encrypted with a random one-time password and handed over through
+an anonymous in-memory file (``memfd_create``, read back via
+``/proc/self/fd``). Where that does not exist, a 0600 temp file holds the
+same re-encrypted bytes for the duration of the load and is then removed.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import ssl
+import tempfile
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.serialization import pkcs12
+
+from mtls.errors import CertificateFileError
+
+_FIX = "run `make demo` (or `pki demo --dir pki/out`), or point the setting at your own file"
+
+
+def build_client_context(
+    cert: Path, key: Path | None, ca_certs: Path, password: bytes | None
+) -> tuple[ssl.SSLContext, x509.Certificate]:
+    """A client context presenting ``cert`` (+ ``key``) and trusting ``ca_certs`` only.
+
+    Returns the context and our leaf certificate (the identity we present).
+    Every missing file is reported at once, each named with the fix.
+    """
+    missing = [p for p in (cert, key, ca_certs) if p is not None and not p.is_file()]
+    if missing:
+        raise CertificateFileError(
+            "; ".join(f"{p} does not exist or is not a file" for p in missing) + f": {_FIX}"
+        )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED + check_hostname
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    # Our CA issues RFC 5280-clean certificates; refuse sloppy ones (the
+    # default of Python 3.13's create_default_context).
+    context.verify_flags |= ssl.VERIFY_X509_STRICT
+    try:
+        context.load_verify_locations(cafile=str(ca_certs))  # no load_default_certs(): root only
+    except ssl.SSLError as exc:
+        raise CertificateFileError(
+            f"{ca_certs}: not a PEM certificate bundle ({exc.reason}): {_FIX}"
+        ) from exc
+    if key is None:
+        leaf = _load_pkcs12(context, cert, password)
+    else:
+        leaf = _load_pem(context, cert, key, password)
+    return context, leaf
+
+
+def _load_pem(
+    context: ssl.SSLContext, cert: Path, key: Path, password: bytes | None
+) -> x509.Certificate:
+    try:
+        certs = x509.load_pem_x509_certificates(cert.read_bytes())
+    except ValueError as exc:
+        raise CertificateFileError(f"{cert}: no PEM certificate in it ({exc}): {_FIX}") from exc
+    asked: list[bool] = []
+
+    def give_password() -> bytes:
+        # A callable, never None: with None, OpenSSL would prompt on the
+        # terminal and hang a server that has no terminal.
+        asked.append(True)
+        return password or b""
+
+    try:
+        context.load_cert_chain(str(cert), str(key), password=give_password)
+    except ssl.SSLError as exc:
+        if asked and password is None:
+            problem = "the key is encrypted and no password was given"
+        elif asked:
+            problem = f"cannot decrypt the key with the password given ({exc.reason})"
+        elif exc.reason == "KEY_VALUES_MISMATCH":
+            problem = f"the key does not belong to the first certificate of {cert.name}"
+        else:
+            problem = f"OpenSSL cannot load the chain and key ({exc.reason})"
+        raise CertificateFileError(f"{key}: {problem}") from exc
+    return certs[0]
+
+
+def _load_pkcs12(context: ssl.SSLContext, path: Path, password: bytes | None) -> x509.Certificate:
+    try:
+        key, leaf, extra = pkcs12.load_key_and_certificates(path.read_bytes(), password)
+    except ValueError as exc:
+        raise CertificateFileError(
+            f"{path}: cannot open the PKCS#12 file ({exc}); check the password"
+        ) from exc
+    if key is None or leaf is None:
+        raise CertificateFileError(f"{path}: the PKCS#12 file must hold a key and its certificate")
+    one_time = secrets.token_urlsafe(32).encode()
+    pem = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in [leaf, *extra])
+    pem += key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(one_time),
+    )
+    try:
+        _load_from_memory(context, pem, one_time)
+    except ssl.SSLError as exc:
+        raise CertificateFileError(
+            f"{path}: OpenSSL cannot use its key and certificate ({exc.reason})"
+        ) from exc
+    return leaf
+
+
+def _load_from_memory(context: ssl.SSLContext, pem: bytes, password: bytes) -> None:
+    """load_cert_chain() from bytes: an anonymous memory file, else a short-lived temp file."""
+    memfd_create = getattr(os, "memfd_create", None)
+    if memfd_create is not None and os.path.isdir("/proc/self/fd"):
+        fd = memfd_create("mtls-client-identity", os.MFD_CLOEXEC)
+        try:
+            _write_all(fd, pem)
+            context.load_cert_chain(f"/proc/self/fd/{fd}", password=password)
+        finally:
+            os.close(fd)
+        return
+    fd, name = tempfile.mkstemp(prefix="mtls-identity-", suffix=".pem")  # mode 0600
+    try:
+        _write_all(fd, pem)
+        os.close(fd)
+        fd = -1
+        context.load_cert_chain(name, password=password)
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        os.unlink(name)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
