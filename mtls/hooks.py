@@ -8,6 +8,7 @@ files change; a state that does not validate never replaces a good one.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import threading
@@ -19,10 +20,14 @@ from mtls.settings import ServerSettings
 from mtls.worker import MtlsWorker
 
 _STATE = "mtls_state"
+# The packages whose loggers (policy denials, upstream failures, store errors)
+# belong in gunicorn's error log, with its format and destination.
+APP_LOGGERS = ("mtls", "userservice", "homepage")
 
 
 def on_starting(server: Any) -> None:
     """Fail fast (the seed's validateCerts): gunicorn prints a RuntimeError as `Error: ...`."""
+    _route_app_logs(server)
     worker_class = server.worker_class
     if not (isinstance(worker_class, type) and issubclass(worker_class, MtlsWorker)):
         raise RuntimeError(
@@ -66,6 +71,15 @@ def on_reload(server: Any) -> None:
         return
     setattr(server, _STATE, new)
     _log_state(server, new, "reloaded")
+
+
+def _route_app_logs(server: Any) -> None:
+    error_log = server.log.error_log
+    for name in APP_LOGGERS:
+        logger = logging.getLogger(name)
+        logger.handlers = list(error_log.handlers)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
 
 
 def _log_state(server: Any, state: TlsState, verb: str) -> None:

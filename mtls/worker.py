@@ -104,6 +104,7 @@ class MtlsWorker(ThreadWorker):  # type: ignore[misc]
         self.tls_state: TlsState | None = None
         self.handshaking: collections.OrderedDict[MtlsConn, None] = collections.OrderedDict()
         self._local = threading.local()
+        self._quitting = False
 
     # -- start-up --------------------------------------------------------
 
@@ -135,6 +136,15 @@ class MtlsWorker(ThreadWorker):  # type: ignore[misc]
             return app(environ, start_response)
 
         return mtls_identity
+
+    def handle_quit(self, sig: int, frame: Any) -> None:
+        # A second SIGQUIT/SIGINT (Ctrl-C reaches the worker, then the master
+        # forwards SIGQUIT) would re-enter ThreadPoolExecutor.shutdown inside
+        # the first one's lock and deadlock the worker; the first call exits.
+        if self._quitting:
+            return
+        self._quitting = True
+        super().handle_quit(sig, frame)
 
     # -- accept path: PROXY header, then TLS handshake, on the main thread --
 
