@@ -45,6 +45,7 @@ def openssl_tool() -> str:
     """The comparisons against openssl fail (never skip) when it is missing."""
     return require_tool("openssl")
 
+
 _KEY = ec.generate_private_key(ec.SECP256R1())
 
 
