@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -420,3 +421,45 @@ def test_half_rotated_files_keep_the_old_context_and_say_why(
         assert presented_serial(server, ctx) == old_serial
         environ, _ = get(server, ctx)
         assert environ["SSL_CLIENT_VERIFY"] == "SUCCESS"
+
+
+def test_sighup_swaps_in_rotated_files_at_once(demo_pki: Path, tmp_path: Path) -> None:
+    pki = tmp_path / "pki"
+    shutil.copytree(demo_pki, pki)
+    env = server_env(pki, "userservice", MTLS_RELOAD_INTERVAL="0")  # no watcher: SIGHUP only
+    ctx = client_context(pki, "homepage")
+    with running(ECHO, env, tmp_path / "hup.log", ctx) as server:
+        new_cert = rotate(pki, tmp_path)
+        assert presented_serial(server, ctx) != new_cert.serial_number
+        server.process.send_signal(signal.SIGHUP)
+        server.wait_for_log("mTLS reloaded", timeout=20)
+        deadline = time.monotonic() + 20
+        while (
+            presented_serial(server, ctx) != new_cert.serial_number and time.monotonic() < deadline
+        ):
+            time.sleep(0.1)
+        assert presented_serial(server, ctx) == new_cert.serial_number
+
+
+def test_revoking_a_client_also_ends_its_resumable_sessions(demo_pki: Path, tmp_path: Path) -> None:
+    pki = tmp_path / "pki"
+    shutil.copytree(demo_pki, pki)
+    env = server_env(
+        pki, "userservice", MTLS_CRLFILE=str(pki / "crl.pem"), MTLS_RELOAD_INTERVAL="0.2"
+    )
+    ctx = client_context(pki, "homepage")
+    with running(ECHO, env, tmp_path / "resume.log", ctx) as server:
+        _, session = get(server, ctx)
+        environ, session = get(server, ctx, session=session)
+        assert environ["SSL_SESSION_RESUMED"] == "Resumed"
+        assert pki_cli.main(["revoke", "homepage", "--dir", str(pki)]) == 0
+        server.wait_for_log("mTLS reloaded", timeout=20)
+        deadline = time.monotonic() + 20
+        refused = False
+        while not refused and time.monotonic() < deadline:  # until the new workers answer
+            try:
+                get(server, ctx, session=session)
+            except (ssl.SSLError, ConnectionResetError):
+                refused = True
+        assert refused
+        server.wait_for_log("reason=client certificate revoked")
