@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 from mtls.client import ClientSettings
 from mtls.errors import ConfigError, PolicyError
 from mtls.policy import compile_dn_policy
+from mtls.settings import parse_seconds
 
 DEFAULT_USERSERVICE_URL = "https://localhost:8443"
 DEFAULT_CLIENT_CERT = "pki/out/homepage-chain.crt"
@@ -75,8 +76,17 @@ class HomePageSettings:
             )
         except PolicyError as exc:
             problems.append(str(exc))
-        connect = _seconds(env, "HOMEPAGE_CONNECT_TIMEOUT", DEFAULT_CONNECT_TIMEOUT, problems)
-        read = _seconds(env, "HOMEPAGE_READ_TIMEOUT", DEFAULT_READ_TIMEOUT, problems)
+        connect = parse_seconds(
+            env,
+            "HOMEPAGE_CONNECT_TIMEOUT",
+            DEFAULT_CONNECT_TIMEOUT,
+            problems,
+            minimum=0.001,
+            maximum=300,
+        )
+        read = parse_seconds(
+            env, "HOMEPAGE_READ_TIMEOUT", DEFAULT_READ_TIMEOUT, problems, minimum=0.001, maximum=300
+        )
 
         if problems or url is None or ops_dn is None:
             raise ConfigError("invalid Home Page settings:\n  - " + "\n  - ".join(problems))
@@ -133,17 +143,3 @@ def _regex(env: Mapping[str, str], var: str, problems: list[str]) -> re.Pattern[
     except re.error as exc:
         problems.append(f"{var}={raw!r} is not a valid regular expression ({exc})")
         return None
-
-
-def _seconds(env: Mapping[str, str], var: str, default: float, problems: list[str]) -> float:
-    raw = env.get(var, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        value = float("nan")
-    if not 0 < value <= 300:  # also refuses NaN and inf
-        problems.append(f"{var}={raw!r} is not a number of seconds in (0, 300]")
-        return default
-    return value

@@ -93,8 +93,10 @@ class ServerSettings:
                 f"MTLS_PROXY_PROTOCOL={proxy_protocol} needs MTLS_PROXY_ALLOW_FROM: "
                 "the load balancer addresses (CIDRs) that may send a PROXY header"
             )
-        handshake_timeout = _seconds(env, "MTLS_HANDSHAKE_TIMEOUT", 10.0, problems, minimum=0.1)
-        reload_interval = _seconds(env, "MTLS_RELOAD_INTERVAL", 2.0, problems, minimum=0.0)
+        handshake_timeout = parse_seconds(
+            env, "MTLS_HANDSHAKE_TIMEOUT", 10.0, problems, minimum=0.1
+        )
+        reload_interval = parse_seconds(env, "MTLS_RELOAD_INTERVAL", 2.0, problems, minimum=0.0)
 
         if problems:
             raise ConfigError("invalid mTLS server settings:\n  - " + "\n  - ".join(problems))
@@ -145,9 +147,16 @@ def _choice(
     return table[value]
 
 
-def _seconds(
-    env: Mapping[str, str], name: str, default: float, problems: list[str], *, minimum: float
+def parse_seconds(
+    env: Mapping[str, str],
+    name: str,
+    default: float,
+    problems: list[str],
+    *,
+    minimum: float,
+    maximum: float = 3600.0,
 ) -> float:
+    """A duration setting; a bad one is added to ``problems`` (reported with the rest)."""
     raw = env.get(name, "").strip()
     if not raw:
         return default
@@ -156,8 +165,9 @@ def _seconds(
     except ValueError:
         problems.append(f"{name}={raw!r} is not a number of seconds")
         return default
-    if not value >= minimum:  # also refuses NaN
-        problems.append(f"{name}={raw!r} must be at least {minimum} seconds")
+    if not minimum <= value <= maximum:  # also refuses NaN and inf
+        problems.append(f"{name}={raw!r} must be between {minimum:g} and {maximum:g} seconds")
+        return default
     return value
 
 
