@@ -161,18 +161,26 @@ def test_home_page_internal_status_needs_the_ops_certificate(
     assert (code, status) == (0, "200")
 
 
-def test_home_page_says_503_when_the_user_service_is_down(demo_pki: Path, tmp_path: Path) -> None:
-    dead_port = free_port()  # nothing listens here
-    _, home_env = service_envs(demo_pki, f"https://localhost:{dead_port}")
+def test_home_page_says_503_once_the_user_service_is_stopped(
+    demo_pki: Path, tmp_path: Path
+) -> None:
+    user_port = free_port()
+    user_env, home_env = service_envs(demo_pki, f"https://localhost:{user_port}")
+    user_env["USERSERVICE_DATABASE_URL"] = f"sqlite:///{tmp_path / 'users.db'}"
+    root = ("--cacert", str(demo_pki / "root.crt"))
     with running(
         "wsgi:homepage", home_env, tmp_path / "home.log", client_context(demo_pki, None)
     ) as home:
-        code, status, body = curl(
-            "--cacert", str(demo_pki / "root.crt"), f"https://localhost:{home.port}/"
-        )
+        with running(
+            "wsgi:userservice", user_env, tmp_path / "user.log",
+            client_context(demo_pki, "homepage"), port=user_port,
+        ):  # fmt: skip
+            assert curl(*root, f"https://localhost:{home.port}/")[:2] == (0, "200")
+        code, status, body = curl(*root, f"https://localhost:{home.port}/")
+        log = home.wait_for_log("failed: The User Service is not reachable at")
     assert (code, status) == (0, "503")
     assert "not reachable" in body
-    assert "Traceback" not in body
+    assert "Traceback" not in body + log
 
 
 def test_home_page_says_502_when_the_user_service_refuses_its_certificate(
