@@ -207,8 +207,11 @@ class MtlsWorker(ThreadWorker):  # type: ignore[misc]
             return self._refuse(conn, f"bad PROXY header: {e}")
         # Consume exactly the header: the ClientHello stays in the socket.
         remaining = info.header_length - len(conn.proxy_buffer)
-        while remaining > 0:
-            remaining -= len(conn.raw.recv(remaining))
+        while remaining > 0:  # the bytes were peeked: they are in the socket already
+            chunk = conn.raw.recv(remaining)
+            if not chunk:
+                return self._refuse(conn, "closed inside its PROXY header")
+            remaining -= len(chunk)
         conn.proxy_buffer = b""
         if info.command == "PROXY" and info.source is not None:
             conn.client = info.source
