@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import serialization
 
 from pki import authority
 from pki import cli as pki_cli
-from tests.servers import Server, client_context, gunicorn_command, running, server_env
+from tests.servers import ROOT, Server, client_context, gunicorn_command, running, server_env
 from tests.test_startup_validation import load_issued, write_issued
 from tests.tools import require_tool
 
@@ -223,6 +223,7 @@ def test_idle_connections_cannot_starve_the_request_threads(demo_pki: Path, tmp_
         try:
             # Stock gunicorn hands each of these to one of its 2 threads and
             # blocks in the handshake; here a real client is served at once.
+            assert first_response_byte(server, ctx, timeout=3) == b"H"
             environ, _ = get(server, ctx)
             assert environ["SSL_CLIENT_VERIFY"] == "SUCCESS"
             # ...and the idle ones are closed once the handshake timeout passes.
@@ -232,6 +233,37 @@ def test_idle_connections_cannot_starve_the_request_threads(demo_pki: Path, tmp_
             for s in idle:
                 s.close()
         server.wait_for_log("reason=timeout (TLS handshake not completed within 2s)")
+
+
+def first_response_byte(server: Server, ctx: ssl.SSLContext, *, timeout: float) -> bytes:
+    with socket.create_connection((server.host, server.port), timeout=timeout) as raw:
+        with ctx.wrap_socket(raw, server_hostname="localhost") as tls:
+            tls.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            return tls.recv(1)
+
+
+def test_stock_gunicorn_is_starved_by_the_same_idle_connections(
+    demo_pki: Path, tmp_path: Path
+) -> None:
+    """The baseline the test above could have failed against: gunicorn's own gthread + ssl."""
+    env = server_env(demo_pki, "userservice", GUNICORN_CMD_ARGS="--workers 1 --threads 2")
+    stock_ssl = (
+        "--worker-class", "gthread", "--certfile", env["MTLS_CERTFILE"],
+        "--keyfile", env["MTLS_KEYFILE"], "--ca-certs", env["MTLS_CA_CERTS"], "--cert-reqs", "2",
+    )  # fmt: skip
+    ctx = client_context(demo_pki, "homepage")
+    with running(
+        ECHO, {**env, "MTLS_CERTFILE": ""}, tmp_path / "stock.log", ctx,
+        args=stock_ssl, config=ROOT / "bench" / "stock_conf.py",
+    ) as server:  # fmt: skip
+        idle = [socket.create_connection((server.host, server.port), timeout=10) for _ in range(64)]
+        try:
+            # The handshake waits behind 64 idle sockets, each holding a thread.
+            with pytest.raises(TimeoutError):
+                first_response_byte(server, ctx, timeout=3)
+        finally:
+            for s in idle:
+                s.close()
 
 
 def test_revoked_client_is_refused_once_the_crl_lists_it(demo_pki: Path, tmp_path: Path) -> None:
