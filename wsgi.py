@@ -7,7 +7,8 @@ Each app is built on first access through a module-level ``__getattr__``
 ``getattr(module, NAME)``, which reaches ``__getattr__``. The built app is then
 stored as a real module attribute, so later lookups are plain attribute reads.
 
-A setting error surfaces as the factory's ConfigError/PolicyError. An
+A setting error (the factory's ConfigError/PolicyError) becomes gunicorn's
+AppImportError, which gunicorn reports as one message and a stop. An
 AttributeError raised while building is re-raised as RuntimeError, because
 gunicorn would otherwise report it as "Failed to find attribute".
 """
@@ -17,6 +18,10 @@ from __future__ import annotations
 import importlib
 import threading
 from typing import TYPE_CHECKING
+
+from gunicorn.errors import AppImportError
+
+from mtls.errors import MtlsError
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -40,6 +45,10 @@ def __getattr__(name: str) -> Flask:
         if app is None:
             try:
                 app = importlib.import_module(package).create_app()
+            except MtlsError as exc:
+                # gunicorn prints an AppImportError's message alone (no
+                # traceback) and stops: a bad setting is the operator's to fix.
+                raise AppImportError(f"wsgi:{name}: {exc}") from None
             except AttributeError as exc:
                 raise RuntimeError(f"building wsgi:{name} failed: {exc}") from exc
             globals()[name] = app

@@ -16,14 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
-from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from mtls.errors import CertificateFileError
-from mtls.identity import format_dn
 from mtls.settings import ServerSettings
+from mtls.validation import check_files, variable_for
 
 log = logging.getLogger("mtls.context")
 
@@ -55,44 +51,57 @@ class TlsState:
             return f"resumed session for a certificate that expired on {expired}"
         if cert.serial_number in self.revoked_serials:
             return "resumed session for a revoked certificate"
+        if self.crl_next_update is not None and now > self.crl_next_update:
+            # OpenSSL refuses every full handshake once the CRL is stale
+            # (fail closed); a resumed session must not be the way around it.
+            return "resumed session, but the CRL is past its nextUpdate (refresh it: `pki crl`)"
         return None
-
-
-@dataclass(frozen=True)
-class _Files:
-    chain: list[x509.Certificate]
-    key: PrivateKeyTypes | None
-    bundle: list[x509.Certificate]
-    crl: x509.CertificateRevocationList | None
-    digest: str
 
 
 def load_tls_state(settings: ServerSettings, now: datetime.datetime | None = None) -> TlsState:
     """Validate every file, then build the context; raise once with every problem found."""
     now = now or datetime.datetime.now(datetime.UTC)
     for _attempt in range(3):
-        files, problems, warnings = _read_and_check(settings, now)
+        raw, digest, problems = _read(settings)
+        checked = check_files(settings, raw, now)
+        problems += checked.problems
         if problems:
             raise CertificateFileError(
                 "the server's TLS files cannot be used:\n  - " + "\n  - ".join(problems)
             )
-        assert files.key is not None
-        assert files.chain
         context = build_server_context(settings)
         # ssl reads the files itself; make sure it read what we validated
         # (a rotation may have renamed a file in between).
-        if _read_and_check(settings, now)[0].digest == files.digest:
-            crl = files.crl
+        if _read(settings)[1] == digest:
+            next_updates = [c.next_update_utc for c in checked.crls if c.next_update_utc]
             return TlsState(
                 settings=settings,
                 context=context,
-                leaf=files.chain[0],
-                revoked_serials=frozenset(r.serial_number for r in crl or ()),
-                crl_next_update=crl.next_update_utc if crl else None,
-                fingerprint=files.digest,
-                warnings=tuple(warnings),
+                leaf=checked.chain[0],
+                revoked_serials=frozenset(r.serial_number for c in checked.crls for r in c),
+                crl_next_update=min(next_updates, default=None),
+                fingerprint=digest,
+                warnings=tuple(checked.warnings),
             )
     raise CertificateFileError("the TLS files kept changing while being loaded; retry the reload")
+
+
+def _read(settings: ServerSettings) -> tuple[dict[Path, bytes], str, list[str]]:
+    raw: dict[Path, bytes] = {}
+    problems: list[str] = []
+    digest = hashlib.sha256()
+    for path in settings.files:
+        try:
+            raw[path] = path.read_bytes()
+        except FileNotFoundError:
+            problems.append(f"{path}: no such file ({variable_for(settings, path)})")
+        except OSError as e:
+            problems.append(
+                f"{path}: cannot be read: {e.strerror} ({variable_for(settings, path)})"
+            )
+        else:
+            digest.update(raw[path])
+    return raw, digest.hexdigest(), problems
 
 
 def build_server_context(settings: ServerSettings) -> ssl.SSLContext:
@@ -136,217 +145,3 @@ def files_fingerprint(settings: ServerSettings) -> tuple[tuple[str, int, int, in
         else:
             stamp.append((str(path), st.st_ino, st.st_size, st.st_mtime_ns))
     return tuple(stamp)
-
-
-def _read_and_check(
-    settings: ServerSettings, now: datetime.datetime
-) -> tuple[_Files, list[str], list[str]]:
-    problems: list[str] = []
-    warnings: list[str] = []
-    digest = hashlib.sha256()
-    raw: dict[Path, bytes] = {}
-    for path in settings.files:
-        try:
-            raw[path] = path.read_bytes()
-        except FileNotFoundError:
-            problems.append(f"{path}: no such file ({_variable(settings, path)})")
-        except OSError as e:
-            problems.append(f"{path}: cannot be read: {e.strerror} ({_variable(settings, path)})")
-        else:
-            digest.update(raw[path])
-
-    chain = _certs(settings.certfile, raw, problems)
-    bundle = _certs(settings.ca_certs, raw, problems)
-    key = _key(settings.keyfile, raw, problems)
-    crl = _crl(settings.crlfile, raw, problems) if settings.crlfile else None
-
-    if chain:
-        _check_leaf(settings, chain[0], key, now, problems, warnings)
-        _check_chain(settings, chain, bundle, now, problems)
-    if bundle:
-        _check_bundle(settings, bundle, problems, warnings)
-    if crl is not None and chain:
-        _check_crl(settings, crl, chain + bundle, now, problems)
-    return _Files(chain, key, bundle, crl, digest.hexdigest()), problems, warnings
-
-
-def _variable(settings: ServerSettings, path: Path) -> str:
-    names = {
-        settings.certfile: "MTLS_CERTFILE",
-        settings.keyfile: "MTLS_KEYFILE",
-        settings.ca_certs: "MTLS_CA_CERTS",
-        settings.crlfile: "MTLS_CRLFILE",
-    }
-    return names.get(path, "?")
-
-
-def _certs(path: Path, raw: dict[Path, bytes], problems: list[str]) -> list[x509.Certificate]:
-    if path not in raw:
-        return []
-    try:
-        certs = x509.load_pem_x509_certificates(raw[path])
-    except ValueError:
-        problems.append(f"{path}: no PEM certificate could be read from it")
-        return []
-    return certs
-
-
-def _key(path: Path, raw: dict[Path, bytes], problems: list[str]) -> PrivateKeyTypes | None:
-    if path not in raw:
-        return None
-    try:
-        return serialization.load_pem_private_key(raw[path], password=None)
-    except TypeError:
-        problems.append(
-            f"{path}: the key is encrypted; the server needs it unencrypted (mode 0600)"
-        )
-    except ValueError:
-        problems.append(f"{path}: not a PEM private key")
-    return None
-
-
-def _crl(
-    path: Path, raw: dict[Path, bytes], problems: list[str]
-) -> x509.CertificateRevocationList | None:
-    if path not in raw:
-        return None
-    try:
-        return x509.load_pem_x509_crl(raw[path])
-    except ValueError:
-        problems.append(f"{path}: not a PEM CRL; run `pki crl --dir DIR` to write one")
-        return None
-
-
-def _check_leaf(
-    settings: ServerSettings,
-    leaf: x509.Certificate,
-    key: PrivateKeyTypes | None,
-    now: datetime.datetime,
-    problems: list[str],
-    warnings: list[str],
-) -> None:
-    name = settings.certfile
-    subject = format_dn(leaf.subject)
-    if key is not None and _spki(key.public_key()) != _spki(leaf.public_key()):
-        problems.append(
-            f"{settings.keyfile} does not match the certificate in {name} ({subject}): "
-            "was one of them replaced without the other?"
-        )
-    if now < leaf.not_valid_before_utc:
-        problems.append(
-            f"{name} ({subject}) is not valid before {leaf.not_valid_before_utc:%Y-%m-%d %H:%M} UTC"
-        )
-    elif now > leaf.not_valid_after_utc:
-        problems.append(
-            f"{name} ({subject}) expired on {leaf.not_valid_after_utc:%Y-%m-%d}; "
-            "issue a new one with `pki issue NAME --server ...`"
-        )
-    elif leaf.not_valid_after_utc - now < EXPIRY_WARNING:
-        days = (leaf.not_valid_after_utc - now).days
-        warnings.append(
-            f"{name} ({subject}) expires in {days} days, on {leaf.not_valid_after_utc:%Y-%m-%d}"
-        )
-    try:
-        eku = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-    except x509.ExtensionNotFound:
-        return
-    if ExtendedKeyUsageOID.SERVER_AUTH not in eku:
-        problems.append(
-            f"{name} ({subject}) lacks the serverAuth extended key usage; "
-            "issue it with `pki issue NAME --server` (or --both)"
-        )
-
-
-def _check_chain(
-    settings: ServerSettings,
-    chain: list[x509.Certificate],
-    bundle: list[x509.Certificate],
-    now: datetime.datetime,
-    problems: list[str],
-) -> None:
-    current = chain[0]
-    for _depth in range(_MAX_CHAIN_DEPTH):
-        if any(_issued_by(current, anchor) for anchor in bundle):
-            return
-        parent = next((c for c in chain[1:] if _issued_by(current, c)), None)
-        if parent is None:
-            problems.append(
-                f"{settings.certfile}: the chain stops at '{format_dn(current.subject)}', whose "
-                f"issuer '{format_dn(current.issuer)}' is neither in that file nor in "
-                f"{settings.ca_certs}: append the intermediate to the chain file, or trust its root"
-            )
-            return
-        if not parent.not_valid_before_utc <= now <= parent.not_valid_after_utc:
-            problems.append(
-                f"{settings.certfile}: intermediate '{format_dn(parent.subject)}' is outside "
-                f"its validity ({parent.not_valid_before_utc:%Y-%m-%d} to "
-                f"{parent.not_valid_after_utc:%Y-%m-%d})"
-            )
-        current = parent
-    problems.append(f"{settings.certfile}: chain longer than {_MAX_CHAIN_DEPTH} certificates")
-
-
-def _check_bundle(
-    settings: ServerSettings,
-    bundle: list[x509.Certificate],
-    problems: list[str],
-    warnings: list[str],
-) -> None:
-    cas = [c for c in bundle if _is_ca(c)]
-    if not cas:
-        problems.append(
-            f"{settings.ca_certs} holds no CA certificate: MTLS_CA_CERTS must be the root "
-            "(pki/out/root.crt), not a leaf"
-        )
-    for cert in cas:
-        if cert.issuer != cert.subject:
-            warnings.append(
-                f"{settings.ca_certs} holds '{format_dn(cert.subject)}', which is not a root: "
-                "it becomes a trust anchor of its own; the seed trusts the root only"
-            )
-
-
-def _check_crl(
-    settings: ServerSettings,
-    crl: x509.CertificateRevocationList,
-    certs: list[x509.Certificate],
-    now: datetime.datetime,
-    problems: list[str],
-) -> None:
-    issuers = [c for c in certs if c.subject == crl.issuer]
-    if not any(crl.is_signature_valid(c.public_key()) for c in issuers):  # type: ignore[arg-type]
-        problems.append(
-            f"{settings.crlfile}: not signed by a CA of this chain (issuer "
-            f"'{format_dn(crl.issuer)}'); write it with `pki crl --dir DIR`"
-        )
-    next_update = crl.next_update_utc
-    if next_update is None:
-        problems.append(f"{settings.crlfile}: has no nextUpdate; write it with `pki crl --dir DIR`")
-    elif now > next_update:
-        problems.append(
-            f"{settings.crlfile}: past its nextUpdate ({next_update:%Y-%m-%d %H:%M} UTC); "
-            "refresh it with `pki crl --dir DIR`"
-        )
-
-
-def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
-    if cert.issuer != issuer.subject:
-        return False
-    try:
-        cert.verify_directly_issued_by(issuer)
-    except (ValueError, TypeError, InvalidSignature):
-        return False
-    return True
-
-
-def _is_ca(cert: x509.Certificate) -> bool:
-    try:
-        return cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
-    except x509.ExtensionNotFound:
-        return False
-
-
-def _spki(public_key: object) -> bytes:
-    return public_key.public_bytes(  # type: ignore[attr-defined, no-any-return]
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )

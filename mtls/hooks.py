@@ -35,6 +35,12 @@ def on_starting(server: Any) -> None:
             "client identity would never reach the app. (gunicorn swaps a class whose name "
             "ends in SyncWorker for its gthread worker when threads > 1.)"
         )
+    if str(server.cfg.proxy_protocol).lower() not in ("off", "false", "none"):
+        raise RuntimeError(
+            "gunicorn's own proxy_protocol must stay off: it reads the PROXY header after "
+            "the TLS handshake, which breaks behind a TCP-passthrough balancer. "
+            "Use MTLS_PROXY_PROTOCOL (and MTLS_PROXY_ALLOW_FROM) instead."
+        )
     try:
         state = load_tls_state(ServerSettings.from_env())
     except MtlsError as e:

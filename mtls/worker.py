@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable
 from functools import partial
 from typing import Any
 
-from gunicorn import http
+from gunicorn import http, util
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
 from mtls.context import TlsState
@@ -44,6 +44,9 @@ WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 # Enough for any PROXY v1 line and a v2 header with the TLVs HAProxy sends.
 _PEEK_SIZE = 16 + 1024 + 64
+# A closing connection is drained for this long / this much at most.
+LINGER_SECONDS = 2.0
+LINGER_BYTES = 64 * 1024
 ENVIRON_MARKER = "mtls.worker"
 
 
@@ -63,6 +66,9 @@ class MtlsConn(TConn):  # type: ignore[misc]
         self.registered = False
         self.tls_environ: dict[str, str] = {}
         self.peer: PeerIdentity | None = None
+        # Set by the worker: drains a graceful close on the poller, so the
+        # main thread (which runs every handshake) never waits on a peer.
+        self.linger: Callable[[socket.socket], None] | None = None
 
     def init(self) -> None:
         # The handshake already happened on the main thread: only the parser is left.
@@ -74,7 +80,18 @@ class MtlsConn(TConn):  # type: ignore[misc]
 
     def close(self, graceful: bool = False) -> None:
         send_close_notify(self.sock)
-        super().close(graceful)
+        if graceful and self.linger is not None:
+            # RFC 9112 9.6: FIN first, then read until the peer closes, so
+            # unread request bytes don't turn our close into an RST that
+            # truncates the response. gunicorn drains inline for up to 2 s.
+            try:
+                self.sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                util.close(self.sock)
+                return
+            self.linger(self.sock)
+            return
+        util.close(self.sock)
 
 
 def send_close_notify(sock: socket.socket) -> None:
@@ -105,6 +122,10 @@ class MtlsWorker(ThreadWorker):  # type: ignore[misc]
         self.handshaking: collections.OrderedDict[MtlsConn, None] = collections.OrderedDict()
         self._local = threading.local()
         self._quitting = False
+        # Closing sockets being drained on the poller: socket -> (deadline, bytes read).
+        self.lingering: collections.OrderedDict[socket.socket, tuple[float, int]] = (
+            collections.OrderedDict()
+        )
 
     # -- start-up --------------------------------------------------------
 
@@ -113,11 +134,6 @@ class MtlsWorker(ThreadWorker):  # type: ignore[misc]
             raise ConfigError(
                 "mtls.worker.MtlsWorker got no TLS state from the master: start gunicorn "
                 "with `-c gunicorn_conf.py` (its pre_fork hook hands the context over)"
-            )
-        if str(getattr(self.cfg, "proxy_protocol", "off")).lower() not in ("off", "false", "none"):
-            raise ConfigError(
-                "gunicorn's own proxy_protocol must stay off: it reads the header after TLS. "
-                "Use MTLS_PROXY_PROTOCOL instead."
             )
         super().init_process()
 
@@ -165,22 +181,38 @@ class MtlsWorker(ThreadWorker):  # type: ignore[misc]
             listener.getsockname(),
             deadline=time.monotonic() + settings.handshake_timeout,
         )
+        conn.linger = self._linger
         self.handshaking[conn] = None
         if settings.proxy_protocol != "off" and isinstance(addr, tuple):
             conn.phase = "proxy" if settings.proxy_allowed(addr[0]) else "sniff"
         else:
-            self._start_tls(conn)
+            conn.phase = "start"
         self._advance(conn)
 
     def _advance(self, conn: MtlsConn, _fileobj: object = None) -> None:
+        """One step of a connection's way to the pool; any failure refuses it, never the worker.
+
+        A peer can reset at any moment (even before wrap_socket's
+        getpeername), and nothing it does may raise into gunicorn's loop,
+        which would kill the worker and every connection it holds.
+        """
         if conn not in self.handshaking:
             return
-        if conn.phase == "proxy":
-            self._read_proxy_header(conn)
-        elif conn.phase == "sniff":
-            self._refuse_unexpected_proxy_header(conn)
-        else:
-            self._step_handshake(conn)
+        try:
+            if conn.phase == "proxy":
+                self._read_proxy_header(conn)
+            elif conn.phase == "sniff":
+                self._refuse_unexpected_proxy_header(conn)
+            elif conn.phase == "start":
+                self._start_tls(conn)
+                self._step_handshake(conn)
+            else:
+                self._step_handshake(conn)
+        except OSError as e:
+            self._refuse(conn, describe_handshake_error(e))
+        except Exception as e:
+            self.log.exception("unexpected error on the mTLS accept path")
+            self._refuse(conn, f"internal error ({type(e).__name__}); refused")
 
     def _read_proxy_header(self, conn: MtlsConn) -> None:
         assert self.tls_state is not None
@@ -269,6 +301,9 @@ class MtlsWorker(ThreadWorker):  # type: ignore[misc]
             conn.registered = False
 
     def _refuse(self, conn: MtlsConn, reason: str) -> None:
+        if conn.phase in ("served", "refused"):
+            return  # already handed to the pool, or already closed
+        conn.phase = "refused"
         self._forget(conn)
         peer = _format_addr(conn.raw, conn.client)
         self.log.info("mTLS handshake refused: peer=%s reason=%s", peer, reason)
@@ -305,14 +340,16 @@ class MtlsWorker(ThreadWorker):  # type: ignore[misc]
             # The request is already decrypted in OpenSSL's buffer: the
             # socket itself may never poll readable for it.
             conn.data_ready = True
+            conn.phase = "served"
             self.enqueue_req(conn)
             return
         # Wait for the first request on the poller, not in a pool thread.
         conn.timeout = time.monotonic() + self.cfg.keepalive
-        self.pending_conns.append(conn)
         self.poller.register(
             conn.sock, selectors.EVENT_READ, partial(self.on_pending_socket_readable, conn)
         )
+        conn.phase = "served"
+        self.pending_conns.append(conn)
 
     def murder_pending(self) -> None:
         super().murder_pending()
@@ -323,8 +360,44 @@ class MtlsWorker(ThreadWorker):  # type: ignore[misc]
                 break
             assert self.tls_state is not None
             timeout = self.tls_state.settings.handshake_timeout
-            what = "PROXY header" if conn.phase in ("proxy", "sniff") else "TLS handshake"
+            what = "PROXY header" if conn.phase == "proxy" else "TLS handshake"
             self._refuse(conn, f"timeout ({what} not completed within {timeout:g}s)")
+        while self.lingering:
+            sock, (deadline, _read) = next(iter(self.lingering.items()))
+            if deadline > now:
+                break
+            self._end_linger(sock)
+
+    # -- closing ---------------------------------------------------------------
+
+    def _linger(self, sock: socket.socket) -> None:
+        try:
+            sock.setblocking(False)
+            self.poller.register(sock, selectors.EVENT_READ, partial(self._drain, sock))
+        except (OSError, ValueError, KeyError):
+            util.close(sock)
+            return
+        self.lingering[sock] = (time.monotonic() + LINGER_SECONDS, 0)
+
+    def _drain(self, sock: socket.socket, _fileobj: object = None) -> None:
+        deadline, read = self.lingering.get(sock, (0.0, 0))
+        try:
+            data = sock.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        read += len(data)
+        if not data or read >= LINGER_BYTES:
+            self._end_linger(sock)
+        else:
+            self.lingering[sock] = (deadline, read)
+
+    def _end_linger(self, sock: socket.socket) -> None:
+        self.lingering.pop(sock, None)
+        with contextlib.suppress(KeyError, ValueError, OSError):
+            self.poller.unregister(sock)
+        util.close(sock)
 
     # -- request path --------------------------------------------------------
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -12,6 +13,7 @@ def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable
     keys["wsgi.url_scheme"] = environ["wsgi.url_scheme"]
     peer = environ.get("mtls.peer")
     keys["peer_subject"] = getattr(peer, "subject_dn", None)
+    keys["worker_pid"] = os.getpid()
     body = json.dumps(keys).encode()
     start_response(
         "200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]

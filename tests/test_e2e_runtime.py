@@ -11,6 +11,7 @@ import shutil
 import signal
 import socket
 import ssl
+import struct
 import subprocess
 import threading
 import time
@@ -108,13 +109,15 @@ def test_access_log_shows_the_client_dn(echo: Server, demo_pki: Path) -> None:
 
 def test_sessions_resume_across_workers_and_say_so(echo: Server, demo_pki: Path) -> None:
     ctx = client_context(demo_pki, "homepage")
-    _, session = get(echo, ctx)
-    resumed = 0
-    for _ in range(12):  # two workers: the kernel spreads these over both
+    first, session = get(echo, ctx)
+    resumed_by: set[int] = set()
+    for _ in range(40):  # two workers: the kernel spreads these over both
         environ, session = get(echo, ctx, session=session)
-        resumed += environ["SSL_SESSION_RESUMED"] == "Resumed"
+        assert environ["SSL_SESSION_RESUMED"] == "Resumed"
         assert environ["SSL_CLIENT_S_DN"] == "CN=homepage.internal,OU=Services,O=Example"
-    assert resumed == 12
+        resumed_by.add(int(environ["worker_pid"]))
+    # Sessions issued by one worker were resumed by the other: one ticket key.
+    assert len(resumed_by | {int(first["worker_pid"])}) == 2
 
 
 def test_server_sends_close_notify_before_closing(echo: Server, demo_pki: Path) -> None:
@@ -300,7 +303,7 @@ def run_gunicorn_expecting_failure(env: dict[str, str], tmp_path: Path, *args: s
 
     from tests.servers import free_port
 
-    full = {k: v for k, v in os.environ.items() if not k.startswith("MTLS_")}
+    full = {k: v for k, v in os.environ.items() if not k.startswith(("MTLS_", "GUNICORN"))}
     full.update(env)
     proc = subprocess.run(
         gunicorn_command(ECHO, f"127.0.0.1:{free_port()}", *args),
@@ -495,3 +498,39 @@ def test_revoking_a_client_also_ends_its_resumable_sessions(demo_pki: Path, tmp_
                 refused = True
         assert refused
         server.wait_for_log("reason=client certificate revoked")
+
+
+def test_clients_that_reset_before_the_handshake_cannot_kill_a_worker(
+    echo: Server, demo_pki: Path
+) -> None:
+    for _ in range(30):  # RST right after connect: wrap_socket meets ENOTCONN
+        s = socket.create_connection((echo.host, echo.port), timeout=5)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.close()
+    environ, _ = get(echo, client_context(demo_pki, "homepage"))
+    assert environ["SSL_CLIENT_VERIFY"] == "SUCCESS"
+    log = echo.log()
+    assert "Exception in worker process" not in log
+    assert "Traceback" not in log
+
+
+def test_clients_that_never_close_do_not_stall_new_handshakes(
+    demo_pki: Path, tmp_path: Path
+) -> None:
+    env = server_env(demo_pki, "userservice", GUNICORN_CMD_ARGS="--workers 1 --threads 4")
+    ctx = client_context(demo_pki, "homepage")
+    with running(ECHO, env, tmp_path / "linger.log", ctx) as server:
+        lingering = []
+        try:
+            for _ in range(10):
+                raw = socket.create_connection((server.host, server.port), timeout=10)
+                lingering.append(ctx.wrap_socket(raw, server_hostname="localhost"))
+            for tls in lingering:  # each asks the server to close, then never closes itself
+                tls.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            for tls in lingering:
+                assert tls.recv(12).startswith(b"HTTP/1.1 200")
+            # gunicorn's inline close_graceful would hold the loop ~2 s per socket.
+            assert first_response_byte(server, ctx, timeout=3) == b"H"
+        finally:
+            for tls in lingering:
+                tls.close()

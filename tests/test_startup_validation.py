@@ -135,7 +135,9 @@ def test_client_only_certificate_cannot_serve(demo_pki: Path) -> None:
 
 def test_chain_that_does_not_lead_to_the_bundle_is_refused(demo_pki: Path) -> None:
     settings = settings_for(demo_pki, demo_pki / "rogue-chain.crt", demo_pki / "rogue.key")
-    with pytest.raises(CertificateFileError, match=r"is neither in that file nor in .*root\.crt"):
+    with pytest.raises(
+        CertificateFileError, match=r"is neither in that file nor a root in .*root\.crt"
+    ):
         load_tls_state(settings)
 
 
@@ -171,7 +173,9 @@ def test_intermediate_in_the_bundle_is_a_warning(demo_pki: Path, tmp_path: Path)
             MTLS_CA_CERTS=str(bundle),
         )
     )
-    assert any("which is not a root: it becomes a trust anchor" in w for w in state.warnings)
+    assert any(
+        "which is not a root: it only helps build paths to a root" in w for w in state.warnings
+    )
 
 
 def test_crl_signed_by_another_ca_is_refused(demo_pki: Path, tmp_path: Path) -> None:
@@ -309,4 +313,75 @@ def test_resumed_session_of_a_revoked_or_expired_peer_is_refused(
     later = other.not_valid_after_utc + datetime.timedelta(seconds=1)
     assert state.refuse_resumed_peer(other, later) == (
         f"resumed session for a certificate that expired on {other.not_valid_after_utc:%Y-%m-%d}"
+    )
+
+
+def test_bundle_with_an_intermediate_but_no_root_is_refused(demo_pki: Path) -> None:
+    # OpenSSL (no partial chains) would refuse every client: fail at start-up instead.
+    settings = settings_for(
+        demo_pki, demo_pki / "userservice-chain.crt", demo_pki / "userservice.key",
+        MTLS_CA_CERTS=str(demo_pki / "global.crt"),
+    )  # fmt: skip
+    with pytest.raises(CertificateFileError, match=r"holds no root \(self-signed\) CA"):
+        load_tls_state(settings)
+
+
+def test_certificate_hidden_in_the_crl_file_is_refused(demo_pki: Path, tmp_path: Path) -> None:
+    # ssl would trust any certificate in the CRL file as a CA: an evil root
+    # there could mint homepage's DN. The file may hold CRLs only.
+    evil = authority.build_root(name=authority.make_name("Evil Root"))
+    crl_file = tmp_path / "crl.pem"
+    crl_file.write_bytes(
+        (demo_pki / "crl.pem").read_bytes()
+        + authority.build_crl(evil, []).public_bytes(serialization.Encoding.PEM)
+        + evil.cert.public_bytes(serialization.Encoding.PEM)
+    )
+    settings = settings_for(
+        demo_pki, demo_pki / "userservice-chain.crt", demo_pki / "userservice.key",
+        MTLS_CRLFILE=str(crl_file),
+    )  # fmt: skip
+    with pytest.raises(CertificateFileError) as e:
+        load_tls_state(settings)
+    assert "holds a CERTIFICATE block; ssl would trust a certificate there as a CA" in str(e.value)
+    assert "not signed by a CA of this chain (issuer 'CN=Evil Root,O=Example')" in str(e.value)
+
+
+def test_every_crl_in_the_file_counts(demo_pki: Path, tmp_path: Path) -> None:
+    global_ca = load_issued(demo_pki, "global")
+    homepage = x509.load_pem_x509_certificate((demo_pki / "homepage.crt").read_bytes())
+    revoked = authority.RevokedEntry(serial=homepage.serial_number, revoked_at=NOW)
+    crl_file = tmp_path / "crl.pem"
+    crl_file.write_bytes(
+        (demo_pki / "crl.pem").read_bytes()
+        + authority.build_crl(global_ca, [revoked], number=2).public_bytes(
+            serialization.Encoding.PEM
+        )
+    )
+    state = load_tls_state(
+        settings_for(demo_pki, demo_pki / "userservice-chain.crt", demo_pki / "userservice.key",
+                     MTLS_CRLFILE=str(crl_file))
+    )  # fmt: skip
+    assert homepage.serial_number in state.revoked_serials
+
+
+def test_rsa_only_suites_with_an_ec_key_are_refused_unless_tls13_only(demo_pki: Path) -> None:
+    seed_suite = {"MTLS_CIPHERS": "ECDHE-RSA-AES256-GCM-SHA384"}
+    args = (demo_pki, demo_pki / "userservice-chain.crt", demo_pki / "userservice.key")
+    with pytest.raises(CertificateFileError, match=r"offers no TLS 1\.2 suite for the EC key"):
+        load_tls_state(settings_for(*args, **seed_suite))
+    load_tls_state(settings_for(*args, **seed_suite, MTLS_MIN_VERSION="TLSv1.3"))
+    load_tls_state(settings_for(*args, MTLS_CIPHERS="ECDHE-ECDSA-AES256-GCM-SHA384"))
+
+
+def test_resumed_session_is_refused_once_the_crl_is_stale(demo_pki: Path) -> None:
+    state = load_tls_state(
+        settings_for(demo_pki, demo_pki / "userservice-chain.crt", demo_pki / "userservice.key",
+                     MTLS_CRLFILE=str(demo_pki / "crl.pem"))
+    )  # fmt: skip
+    assert state.crl_next_update is not None
+    peer = x509.load_pem_x509_certificate((demo_pki / "eventservice.crt").read_bytes())
+    assert state.refuse_resumed_peer(peer, state.crl_next_update) is None
+    stale = state.crl_next_update + datetime.timedelta(seconds=1)
+    assert state.refuse_resumed_peer(peer, stale) == (
+        "resumed session, but the CRL is past its nextUpdate (refresh it: `pki crl`)"
     )
