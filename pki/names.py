@@ -15,7 +15,7 @@ import ipaddress
 import re
 from collections.abc import Callable, Sequence
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from cryptography import x509
 
@@ -85,7 +85,7 @@ def parse_ip(value: str) -> IPAddress:
 
 def check_uri(value: str) -> str:
     """A URI SAN needs a scheme and something after it (``spiffe://example/svc``)."""
-    parts = urlsplit(value)
+    parts = _split(value, what="URI")
     if not value.isascii() or any(c.isspace() for c in value):
         raise InvalidNameError(f"URI {value!r} must be ASCII without spaces")
     if not re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*", parts.scheme) or not (
@@ -97,10 +97,22 @@ def check_uri(value: str) -> str:
 
 def check_url(value: str, *, what: str) -> str:
     """An http(s) URL with a host: what a CRL Distribution Point must hold to be fetched."""
-    parts = urlsplit(value)
+    parts = _split(value, what=what)
     if parts.scheme not in ("http", "https") or not parts.hostname or not value.isascii():
         raise InvalidNameError(f"{what} {value!r} must be an http:// or https:// URL with a host")
     return value
+
+
+def _split(value: str, *, what: str) -> SplitResult:
+    """`urlsplit`, with its ValueError (bad ``[IPv6]`` host, port not 0-65535) as our error."""
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 (parsed lazily: this is where a bad port raises)
+    except ValueError as exc:
+        raise InvalidNameError(
+            f"{what} {value!r} is malformed ({exc}); check the [IPv6] brackets and the port"
+        ) from None
+    return parts
 
 
 def check_email(value: str) -> str:

@@ -118,6 +118,21 @@ def test_init_with_bad_crl_url_exits_2_and_creates_nothing(run: Run, tmp_path: P
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("http://[::1", r"--crl-url 'http://\[::1' is malformed \(Invalid IPv6 URL\)"),
+        ("http://[zz]/crl", r"--crl-url 'http://\[zz\]/crl' is malformed"),
+        ("http://pki:99999/crl", r"--crl-url 'http://pki:99999/crl' is malformed \(Port out of"),
+    ],
+)
+def test_init_with_unparsable_crl_url_exits_2_and_creates_nothing(
+    run: Run, tmp_path: Path, url: str, message: str
+) -> None:
+    refused(run("init", "--dir", tmp_path / "x", "--crl-url", url), message)
+    assert not (tmp_path / "x").exists()
+
+
 def test_crl_url_of_init_goes_into_every_leaf(run: Run, tmp_path: Path) -> None:
     d = tmp_path / "ca"
     assert run("init", "--dir", d, "--crl-url", "http://pki.example/crl.pem")[0] == 0
@@ -212,6 +227,8 @@ def test_issue_rsa_on_request(run: Run, ca: Path) -> None:
         (["root"], r"name 'root' is reserved"),
         (["a", "--dns", "bad_name"], r"DNS name 'bad_name' has an invalid label"),
         (["a", "--ip", "300.1.1.1"], r"IP address '300\.1\.1\.1' is not an IPv4 or IPv6"),
+        (["a", "--uri", "http://[::1"], r"URI 'http://\[::1' is malformed \(Invalid IPv6 URL\)"),
+        (["a", "--uri", "spiffe://h:99999/s"], r"URI 'spiffe://h:99999/s' is malformed \(Port"),
         (["a", "--cn", "Alice Smith"], r"CN=Alice Smith,O=Example needs a subjectAltName.*--dns"),
         (["a", "--days", "0"], r"argument --days: must be a positive number of days, not 0"),
         (["a", "--days", "ten"], r"argument --days: 'ten' is not a whole number"),

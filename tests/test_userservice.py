@@ -198,6 +198,21 @@ def test_an_unknown_user_is_404_with_a_json_message(app: flask.Flask, method: st
     assert response.data == b'{"message": "No user with id 999."}'
 
 
+@pytest.mark.parametrize("method", ["GET", "PATCH", "DELETE"])
+@pytest.mark.parametrize("user_id", ["9223372036854775808", "99999999999999999999"])
+def test_an_id_beyond_sqlites_64_bit_range_is_a_json_404_not_a_500(
+    app: flask.Flask, method: str, user_id: str
+) -> None:
+    response = call(app, method, f"/users/{user_id}", json={"name": "X"})
+    assert (response.status_code, response.mimetype) == (404, "application/json")
+    assert response.get_json() == {"message": f"No user with id {user_id}."}
+
+
+def test_the_largest_64_bit_id_is_looked_up_like_any_other(app: flask.Flask) -> None:
+    response = call(app, "GET", "/users/9223372036854775807")
+    assert response.get_json() == {"message": "No user with id 9223372036854775807."}
+
+
 def test_an_unknown_path_is_a_json_404(app: flask.Flask) -> None:
     response = call(app, "GET", "/nowhere")
     assert (response.status_code, response.data) == (404, b'{"message": "Not Found."}')

@@ -32,6 +32,10 @@ _create_schema = UserCreateSchema()
 _patch_schema = UserPatchSchema()
 _page_schema = PageQuerySchema()
 
+# SQLite's INTEGER PRIMARY KEY is a signed 64-bit rowid: a larger id names no
+# row, and binding it would raise OverflowError (a 500) instead of a 404.
+MAX_USER_ID = 2**63 - 1
+
 
 def make_blueprint(store: UserStore, *, allowed_dn: re.Pattern[str]) -> Blueprint:
     bp = Blueprint("users", __name__, url_prefix="/users")
@@ -62,15 +66,18 @@ def make_blueprint(store: UserStore, *, allowed_dn: re.Pattern[str]) -> Blueprin
 
     @bp.get("/<int:user_id>")
     def get_user(user_id: int) -> dict[str, Any]:
+        _check_id(user_id)
         return _dump(_found(store.get_user(user_id), user_id))
 
     @bp.patch("/<int:user_id>")
     def patch_user(user_id: int) -> dict[str, Any]:
+        _check_id(user_id)
         changes = _load(_patch_schema, _json_body(), partial=True)
         return _dump(_found(store.update_user(user_id, changes), user_id))
 
     @bp.delete("/<int:user_id>")
     def delete_user(user_id: int) -> Response:
+        _check_id(user_id)
         if not store.delete_user(user_id):
             raise NotFound(f"No user with id {user_id}.")
         return Response(status=204)
@@ -81,6 +88,12 @@ def make_blueprint(store: UserStore, *, allowed_dn: re.Pattern[str]) -> Blueprin
 def _dump(user: User) -> dict[str, Any]:
     dumped: dict[str, Any] = _user_schema.dump(user)
     return dumped
+
+
+def _check_id(user_id: int) -> None:
+    """An id beyond what SQLite can store is a user that does not exist, like any other."""
+    if user_id > MAX_USER_ID:
+        raise NotFound(f"No user with id {user_id}.")
 
 
 def _found(user: User | None, user_id: int) -> User:
