@@ -2,9 +2,10 @@
 
 ``create_app`` follows Flask's tutorial factory; everything it needs comes
 from :class:`HomePageSettings`, so tests pass a settings object and
-production reads the environment. It refuses to start (ConfigError,
-CertificateFileError, PolicyError) rather than serve with a bad setting, an
-unusable certificate or an unpoliced blueprint.
+production reads the environment. It refuses to start (ConfigError or
+PolicyError) rather than serve with a bad setting, an unusable certificate
+(a one-line ConfigError naming HOMEPAGE_CLIENT_CERT, _KEY or HOMEPAGE_CA_CERTS)
+or an unpoliced blueprint.
 
 Errors: browser routes get a friendly HTML page, ``/internal/*`` gets JSON
 ``{"message": ...}``; neither ever shows a traceback.
@@ -21,6 +22,7 @@ from werkzeug.wrappers import Response
 from homepage import internal, page
 from homepage.settings import HomePageSettings
 from homepage.upstream import UpstreamFailure, UserServiceClient
+from mtls.errors import CertificateFileError
 from mtls.policy import enforce_policy_coverage
 
 __all__ = ["HomePageSettings", "create_app"]
@@ -42,7 +44,10 @@ def create_app(settings: HomePageSettings | None = None) -> Flask:
     """Build the Home Page; ``settings`` default to ``HomePageSettings.from_env()``."""
     settings = HomePageSettings.from_env() if settings is None else settings
     app = Flask(__name__, static_folder=None)  # the page blueprint serves /static
-    userservice = UserServiceClient(settings)  # loads our certificate: fails fast
+    try:
+        userservice = UserServiceClient(settings)  # loads our certificate: fails fast
+    except CertificateFileError as exc:
+        raise settings.blame(exc) from None
     app.extensions["homepage.userservice"] = userservice
 
     app.register_blueprint(page.make_blueprint(userservice))

@@ -15,7 +15,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from mtls.client import ClientSettings
-from mtls.errors import ConfigError, PolicyError
+from mtls.errors import CertificateFileError, ConfigError, PolicyError
 from mtls.policy import compile_dn_policy
 from mtls.settings import parse_seconds
 
@@ -102,6 +102,19 @@ class HomePageSettings:
         )
         return cls(userservice_url=url, client=client, ops_dn=ops_dn)
 
+    def blame(self, error: CertificateFileError) -> ConfigError:
+        """``error`` (a file that cannot serve) as one line naming the setting that chose it."""
+        variables = {
+            self.client.cert: "HOMEPAGE_CLIENT_CERT",
+            self.client.key: "HOMEPAGE_CLIENT_KEY",
+            self.client.ca_certs: "HOMEPAGE_CA_CERTS",
+        }
+        named = dict.fromkeys(variables[f] for f in error.files if f in variables)
+        subject = ", ".join(named) or "HOMEPAGE_CLIENT_CERT/KEY/CA_CERTS"
+        return ConfigError(
+            f"invalid Home Page settings: {subject}: " + " ".join(str(error).split())
+        )
+
 
 def _url(raw: str) -> str | None:
     try:
@@ -116,7 +129,9 @@ def _url(raw: str) -> str | None:
 
 def _file(env: Mapping[str, str], var: str, default: str, problems: list[str]) -> Path:
     path = Path(env.get(var, "").strip() or default).absolute()
-    if not path.is_file():
+    if path.is_dir():
+        problems.append(f"{var}: {path} is a directory, not a file; " + _FIX.format(var=var))
+    elif not path.is_file():
         problems.append(f"{var}: {path} does not exist; " + _FIX.format(var=var))
     return path
 

@@ -3,8 +3,18 @@
 Every way a call can go wrong ends here as an :class:`UpstreamFailure` that
 carries the status we answer the browser with (502: the User Service answered
 wrongly or refused us; 503: it is down or too slow), a headline saying WHICH
-in plain words, and a hint. The cause (exception text, upstream body) goes
-to the ``homepage.upstream`` log only, never to the browser.
+in plain words, and a hint.
+
+What reaches the browser is our own text plus, at most, the status code the
+User Service answered and, for a 401/403, its policy refusal's ``message``
+when that is one of the SPEC's two fixed strings ("No certificate chain
+found!", "Certificate subject is not recognized!"): those say which side of
+the certificate check failed, carry nothing of the request or the server,
+and are what an operator will grep for. Nothing else of the upstream answer
+(any other ``message``, reason phrase, headers, body) and no exception text
+reaches the browser: it would be text from a peer we did not write, shown to
+someone who did not ask for it. All of it goes to the ``homepage.upstream``
+log instead.
 """
 
 from __future__ import annotations
@@ -21,8 +31,12 @@ from urllib3.exceptions import NewConnectionError
 from homepage.settings import HomePageSettings
 from mtls.client import MtlsSession, TlsFacts, make_session, tls_facts
 from mtls.errors import ClientCertificateRefusedError, UpstreamError, UpstreamIdentityError
+from mtls.policy import NO_CERTIFICATE, NOT_RECOGNIZED
 
 log = logging.getLogger("homepage.upstream")
+
+#: The only upstream text the browser may see (see the module docstring).
+_POLICY_MESSAGES = frozenset({NO_CERTIFICATE, NOT_RECOGNIZED})
 
 _CERT_HINT = (
     "Check that the Home Page's certificate (HOMEPAGE_CLIENT_CERT) is issued by a CA the "
@@ -159,15 +173,17 @@ class UserServiceClient:
         return UpstreamFailure(502, "The call to the User Service failed")
 
     def _refusal(self, response: requests.Response) -> UpstreamFailure:
+        """Status code only, plus the fixed policy message of a 401/403 (module docstring)."""
         status = response.status_code
-        message = _message_of(response)
         if status in (401, 403):
+            message = _policy_message_of(response)
+            headline = f"The User Service denied access: {status}"
             return UpstreamFailure(
-                502, f"The User Service denied access: {status} {message}", _CERT_HINT
+                502, f"{headline} {message}" if message else headline, _CERT_HINT
             )
         if status >= 500:
-            return UpstreamFailure(502, f"The User Service failed: {status} {message}")
-        return UpstreamFailure(502, f"The User Service answered {status} {message}")
+            return UpstreamFailure(502, f"The User Service failed: {status}")
+        return UpstreamFailure(502, f"The User Service answered {status}")
 
     def _json(self, response: requests.Response, call: Call) -> Any:
         try:
@@ -196,12 +212,11 @@ def _refused_to_connect(exc: requests.ConnectionError) -> bool:
     return isinstance(reason, NewConnectionError)
 
 
-def _message_of(response: requests.Response) -> str:
-    """The SPEC's ``{"message": ...}`` if there is one, else the HTTP reason phrase."""
+def _policy_message_of(response: requests.Response) -> str | None:
+    """The SPEC's fixed ``{"message": ...}`` of a DN policy refusal; anything else is None."""
     try:
         body = response.json()
     except ValueError:
-        body = None
+        return None
     message = body.get("message") if isinstance(body, dict) else None
-    text = message if isinstance(message, str) and message else response.reason or ""
-    return text[:200]
+    return message if message in _POLICY_MESSAGES else None

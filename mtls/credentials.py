@@ -12,6 +12,7 @@ same re-encrypted bytes for the duration of the load and is then removed.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import ssl
 import tempfile
@@ -24,6 +25,8 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from mtls.errors import CertificateFileError
 
 _FIX = "run `make demo` (or `pki demo --dir pki/out`), or point the setting at your own file"
+_KEY_FIX = "give the key written with that certificate (`pki issue NAME` writes NAME.key)"
+_PEM_KEY = re.compile(rb"-----BEGIN (?:RSA |EC |ENCRYPTED )?PRIVATE KEY-----")
 
 
 def build_client_context(
@@ -32,13 +35,12 @@ def build_client_context(
     """A client context presenting ``cert`` (+ ``key``) and trusting ``ca_certs`` only.
 
     Returns the context and our leaf certificate (the identity we present).
-    Every missing file is reported at once, each named with the fix.
+    Every file that is missing, not a file or unreadable is reported at once;
+    then the first one whose content cannot serve. Each CertificateFileError
+    names the file (also in its ``files``) and the fix; no OSError, SSLError
+    or ValueError gets out of here.
     """
-    missing = [p for p in (cert, key, ca_certs) if p is not None and not p.is_file()]
-    if missing:
-        raise CertificateFileError(
-            "; ".join(f"{p} does not exist or is not a file" for p in missing) + f": {_FIX}"
-        )
+    _check_readable([p for p in (cert, key, ca_certs) if p is not None])
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED + check_hostname
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     # Our CA issues RFC 5280-clean certificates; refuse sloppy ones (the
@@ -48,8 +50,10 @@ def build_client_context(
         context.load_verify_locations(cafile=str(ca_certs))  # no load_default_certs(): root only
     except ssl.SSLError as exc:
         raise CertificateFileError(
-            f"{ca_certs}: not a PEM certificate bundle ({exc.reason}): {_FIX}"
+            f"{ca_certs}: not a PEM certificate bundle ({exc.reason}): {_FIX}", files=[ca_certs]
         ) from exc
+    except OSError as exc:
+        raise _unreadable(ca_certs, exc) from exc
     if key is None:
         leaf = _load_pkcs12(context, cert, password)
     else:
@@ -57,13 +61,62 @@ def build_client_context(
     return context, leaf
 
 
+def _check_readable(paths: list[Path]) -> None:
+    """Every path must be a regular file we may open: all problems in one error."""
+    missing: list[Path] = []
+    locked: dict[Path, str] = {}
+    for path in paths:
+        if not path.is_file():
+            missing.append(path)
+            continue
+        try:
+            with path.open("rb"):
+                pass
+        except OSError as exc:
+            locked[path] = exc.strerror or str(exc)
+    problems = [
+        f"{p} is a directory, not a file" if p.is_dir() else f"{p} does not exist or is not a file"
+        for p in missing
+    ]
+    if missing:
+        problems[-1] += f": {_FIX}"
+    problems += [
+        f"{p} cannot be read ({why}): let this service's user read it" for p, why in locked.items()
+    ]
+    if problems:
+        raise CertificateFileError("; ".join(problems), files=[*missing, *locked])
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise _unreadable(path, exc) from exc
+
+
+def _unreadable(path: Path, exc: OSError) -> CertificateFileError:
+    """A file that passed _check_readable and then failed (replaced, removed, permissions)."""
+    return CertificateFileError(
+        f"{path} cannot be read ({exc.strerror or exc}): check that it exists and that this "
+        "service's user may read it",
+        files=[path],
+    )
+
+
 def _load_pem(
     context: ssl.SSLContext, cert: Path, key: Path, password: bytes | None
 ) -> x509.Certificate:
     try:
-        certs = x509.load_pem_x509_certificates(cert.read_bytes())
+        certs = x509.load_pem_x509_certificates(_read(cert))
     except ValueError as exc:
-        raise CertificateFileError(f"{cert}: no PEM certificate in it ({exc}): {_FIX}") from exc
+        raise CertificateFileError(
+            f"{cert}: no PEM certificate in it ({exc}): {_FIX}", files=[cert]
+        ) from exc
+    if not _PEM_KEY.search(_read(key)):
+        raise CertificateFileError(
+            f"{key}: no PEM private key in it (a -----BEGIN PRIVATE KEY----- block): {_FIX}",
+            files=[key],
+        )
     asked: list[bool] = []
 
     def give_password() -> bytes:
@@ -76,26 +129,41 @@ def _load_pem(
         context.load_cert_chain(str(cert), str(key), password=give_password)
     except ssl.SSLError as exc:
         if asked and password is None:
-            problem = "the key is encrypted and no password was given"
+            problem = "the key is encrypted and no password was given; give its password file"
         elif asked:
-            problem = f"cannot decrypt the key with the password given ({exc.reason})"
+            problem = (
+                f"cannot decrypt the key with the password given ({exc.reason}); "
+                "check the password file"
+            )
         elif exc.reason == "KEY_VALUES_MISMATCH":
-            problem = f"the key does not belong to the first certificate of {cert.name}"
+            problem = f"the key does not belong to the first certificate of {cert.name}; {_KEY_FIX}"
+        elif exc.reason is None:  # OpenSSL's "PEM lib": the PEM block does not decode
+            problem = f"the private key in it is damaged (OpenSSL: {exc}): {_FIX}"
         else:
-            problem = f"OpenSSL cannot load the chain and key ({exc.reason})"
-        raise CertificateFileError(f"{key}: {problem}") from exc
+            problem = f"OpenSSL cannot load the chain and key ({exc.reason}): {_FIX}"
+        raise CertificateFileError(f"{key}: {problem}", files=[key]) from exc
+    except OSError as exc:  # replaced or removed since they were read above
+        raise CertificateFileError(
+            f"{cert} and {key} cannot be read ({exc.strerror or exc}): check that they exist "
+            "and that this service's user may read them",
+            files=[cert, key],
+        ) from exc
     return certs[0]
 
 
 def _load_pkcs12(context: ssl.SSLContext, path: Path, password: bytes | None) -> x509.Certificate:
     try:
-        key, leaf, extra = pkcs12.load_key_and_certificates(path.read_bytes(), password)
+        key, leaf, extra = pkcs12.load_key_and_certificates(_read(path), password)
     except ValueError as exc:
         raise CertificateFileError(
-            f"{path}: cannot open the PKCS#12 file ({exc}); check the password"
+            f"{path}: cannot open the PKCS#12 file ({exc}); check the password and that it "
+            "is a .p12 file",
+            files=[path],
         ) from exc
     if key is None or leaf is None:
-        raise CertificateFileError(f"{path}: the PKCS#12 file must hold a key and its certificate")
+        raise CertificateFileError(
+            f"{path}: the PKCS#12 file must hold a key and its certificate", files=[path]
+        )
     one_time = secrets.token_urlsafe(32).encode()
     pem = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in [leaf, *extra])
     pem += key.private_bytes(
@@ -107,7 +175,14 @@ def _load_pkcs12(context: ssl.SSLContext, path: Path, password: bytes | None) ->
         _load_from_memory(context, pem, one_time)
     except ssl.SSLError as exc:
         raise CertificateFileError(
-            f"{path}: OpenSSL cannot use its key and certificate ({exc.reason})"
+            f"{path}: OpenSSL cannot use its key and certificate ({exc.reason or exc})",
+            files=[path],
+        ) from exc
+    except OSError as exc:
+        raise CertificateFileError(
+            f"{path}: cannot hand its key to OpenSSL through a memory or temp file "
+            f"({exc.strerror or exc}); set TMPDIR to a writable directory",
+            files=[path],
         ) from exc
     return leaf
 
@@ -115,8 +190,13 @@ def _load_pkcs12(context: ssl.SSLContext, path: Path, password: bytes | None) ->
 def _load_from_memory(context: ssl.SSLContext, pem: bytes, password: bytes) -> None:
     """load_cert_chain() from bytes: an anonymous memory file, else a short-lived temp file."""
     memfd_create = getattr(os, "memfd_create", None)
+    fd = -1
     if memfd_create is not None and os.path.isdir("/proc/self/fd"):
-        fd = memfd_create("mtls-client-identity", os.MFD_CLOEXEC)
+        try:
+            fd = memfd_create("mtls-client-identity", os.MFD_CLOEXEC)
+        except OSError:  # e.g. ENOSYS under a seccomp filter: use the temp file
+            fd = -1
+    if fd >= 0:
         try:
             _write_all(fd, pem)
             context.load_cert_chain(f"/proc/self/fd/{fd}", password=password)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
+
 
 class MtlsError(Exception):
     """Root of every error this package raises on purpose."""
@@ -12,7 +15,15 @@ class ConfigError(MtlsError):
 
 
 class CertificateFileError(MtlsError):
-    """A certificate, key, bundle or CRL file cannot serve: names the file and the fix."""
+    """A certificate, key, bundle or CRL file cannot serve: names the file and the fix.
+
+    ``files`` lists the files at fault where the raiser knows them, so that a
+    caller can name the setting that pointed there (the Home Page does).
+    """
+
+    def __init__(self, message: str, *, files: Sequence[Path] = ()) -> None:
+        super().__init__(message)
+        self.files = tuple(files)
 
 
 class PolicyError(MtlsError):

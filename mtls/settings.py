@@ -87,8 +87,11 @@ class ServerSettings:
         if not _ciphers_usable(ciphers):
             problems.append(f"MTLS_CIPHERS={ciphers!r} selects no cipher OpenSSL knows")
 
-        allow_from = _networks(env.get("MTLS_PROXY_ALLOW_FROM", ""), problems)
-        if proxy_protocol not in (None, "off") and not allow_from:
+        allow_raw = env.get("MTLS_PROXY_ALLOW_FROM", "")
+        allow_from = _networks(allow_raw, problems)
+        # Only when the variable is empty: a malformed entry was reported just above,
+        # and "needs MTLS_PROXY_ALLOW_FROM" would send the reader to set what is set.
+        if proxy_protocol not in (None, "off") and not allow_raw.replace(",", " ").strip():
             problems.append(
                 f"MTLS_PROXY_PROTOCOL={proxy_protocol} needs MTLS_PROXY_ALLOW_FROM: "
                 "the load balancer addresses (CIDRs) that may send a PROXY header"

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -354,6 +355,108 @@ def test_missing_files_are_all_named_with_the_fix(tmp_path: Path) -> None:
     for name in ("homepage-chain.crt", "homepage.key", "root.crt"):
         assert f"{tmp_path / name} does not exist" in message
     assert "pki demo --dir pki/out" in message
+
+
+FILES = {"cert": "homepage-chain.crt", "key": "homepage.key", "ca_certs": "root.crt"}
+
+
+@pytest.mark.parametrize("setting", FILES)
+def test_a_directory_in_place_of_a_file_is_named_as_such(
+    demo_pki: Path, tmp_path: Path, setting: str
+) -> None:
+    directory = tmp_path / FILES[setting]
+    directory.mkdir()
+    with pytest.raises(CertificateFileError) as caught:
+        make_session(settings_for(demo_pki, **{setting: directory}))
+    assert str(caught.value).startswith(f"{directory} is a directory, not a file: run `make demo`")
+    assert caught.value.files == (directory,)
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("cert", r"no PEM certificate in it \(.*MalformedFraming\): run `make demo`"),
+        ("key", r"no PEM private key in it \(a -----BEGIN PRIVATE KEY----- block\): run `make"),
+        ("ca_certs", r"not a PEM certificate bundle \(NO_CERTIFICATE_OR_CRL_FOUND\): run `make"),
+    ],
+)
+def test_garbage_in_any_file_is_refused_naming_the_file_and_the_fix(
+    demo_pki: Path, tmp_path: Path, setting: str, message: str
+) -> None:
+    garbage = tmp_path / FILES[setting]
+    garbage.write_text("not PEM at all\n")
+    with pytest.raises(CertificateFileError, match=f"^{re.escape(str(garbage))}: {message}"):
+        make_session(settings_for(demo_pki, **{setting: garbage}))
+
+
+def test_a_damaged_pem_key_is_refused_naming_the_file(demo_pki: Path, tmp_path: Path) -> None:
+    damaged = tmp_path / "homepage.key"
+    pem = (demo_pki / "homepage.key").read_text().splitlines()
+    damaged.write_text("\n".join([pem[0], "AAAA" + pem[1][4:], *pem[2:]]) + "\n")
+    with pytest.raises(CertificateFileError) as caught:
+        make_session(settings_for(demo_pki, key=damaged))
+    assert str(caught.value).startswith(f"{damaged}: the private key in it is damaged (OpenSSL: ")
+    assert str(caught.value).endswith(
+        ": run `make demo` (or `pki demo --dir pki/out`), or point the setting at your own file"
+    )
+    assert caught.value.files == (damaged,)
+
+
+def test_a_key_that_does_not_match_the_certificate_is_refused_naming_both(
+    demo_pki: Path,
+) -> None:
+    other = demo_pki / "userservice.key"
+    with pytest.raises(CertificateFileError) as caught:
+        make_session(settings_for(demo_pki, key=other))
+    assert str(caught.value) == (
+        f"{other}: the key does not belong to the first certificate of homepage-chain.crt; "
+        "give the key written with that certificate (`pki issue NAME` writes NAME.key)"
+    )
+    assert caught.value.files == (other,)
+
+
+@pytest.mark.parametrize("setting", FILES)
+def test_a_file_we_may_not_open_is_refused_naming_it(
+    demo_pki: Path, setting: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Tests run as root, where chmod 000 does not stop a read: refuse the open instead.
+    locked = demo_pki / FILES[setting]
+    real_open = Path.open
+
+    def open_(path: Path, *args: Any, **kwargs: Any) -> Any:
+        if path == locked:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", open_)
+    with pytest.raises(CertificateFileError) as caught:
+        make_session(settings_for(demo_pki))
+    assert str(caught.value) == (
+        f"{locked} cannot be read (Permission denied): let this service's user read it"
+    )
+    assert caught.value.files == (locked,)
+
+
+@pytest.mark.parametrize("setting", ["cert", "key"])
+def test_a_file_that_vanishes_after_the_check_is_refused_naming_it(
+    demo_pki: Path, tmp_path: Path, setting: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    copy = tmp_path / FILES[setting]
+    copy.write_bytes((demo_pki / FILES[setting]).read_bytes())
+    real_read_bytes = Path.read_bytes
+
+    def read_bytes(path: Path) -> bytes:
+        if path == copy:
+            path.unlink()  # replaced by a deploy between our check and our read
+        return real_read_bytes(path)
+
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    with pytest.raises(CertificateFileError) as caught:
+        make_session(settings_for(demo_pki, **{setting: copy}))
+    assert str(caught.value) == (
+        f"{copy} cannot be read (No such file or directory): check that it exists and that "
+        "this service's user may read it"
+    )
 
 
 def test_plain_http_urls_are_refused(session: MtlsSession) -> None:

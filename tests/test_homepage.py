@@ -18,7 +18,7 @@ from flask.testing import FlaskClient
 
 from homepage import create_app
 from homepage.settings import HomePageSettings
-from mtls.errors import CertificateFileError, ConfigError
+from mtls.errors import ConfigError
 from tests.tls_stub import (
     HANG,
     Reply,
@@ -158,6 +158,30 @@ def test_user_service_denying_access_gives_a_502_page_quoting_its_answer(
     )
 
 
+@pytest.mark.parametrize(
+    ("reply", "headline"),
+    [
+        (
+            Reply(403, {"message": "<b>ask bob</b> at 10.0.0.7"}),
+            "The User Service denied access: 403",
+        ),
+        (Reply(500, {"message": "db at 10.0.0.7 down"}), "The User Service failed: 500"),
+        (Reply(418, {"message": "db at 10.0.0.7 teapot"}), "The User Service answered 418"),
+    ],
+)
+def test_no_other_upstream_text_than_a_fixed_policy_message_reaches_the_browser(
+    homepage: MakeClient, reply: Reply, headline: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    response = homepage(lambda seen: reply).get("/")
+
+    page = response.get_data(as_text=True)
+    assert response.status_code == 502
+    assert f"{headline}</h1>" in page
+    assert "10.0.0.7" not in page
+    assert "ask bob" not in page
+    assert "10.0.0.7" in caplog.text  # the operator still sees it, in the log
+
+
 def test_user_service_refusing_our_certificate_gives_a_502_page_saying_so(
     homepage: MakeClient,
 ) -> None:
@@ -186,7 +210,7 @@ def test_user_service_too_slow_gives_a_503_page_with_the_timeout(homepage: MakeC
 @pytest.mark.parametrize(
     ("reply", "headline"),
     [
-        (Reply(500, {"message": "Internal server error."}), "failed: 500 Internal server error."),
+        (Reply(500, {"message": "Internal server error."}), "failed: 500"),
         (Reply(200, b"<html>not json</html>", "text/html"), "sent an answer we could not read"),
         (Reply(200, {"items": [{"id": 1, "name": "No Email"}]}), "sent an answer we could not"),
     ],
@@ -321,5 +345,64 @@ def test_app_factory_refuses_to_start_with_a_certificate_it_cannot_load(
     garbage.write_text("not a certificate\n")
     env = env_for(demo_pki, "https://localhost:8443", HOMEPAGE_CLIENT_CERT=str(garbage))
 
-    with pytest.raises(CertificateFileError, match=r"garbage\.crt: no PEM certificate"):
+    with pytest.raises(ConfigError) as caught:
         create_app(HomePageSettings.from_env(env))
+
+    message = str(caught.value)
+    assert message.startswith(
+        f"invalid Home Page settings: HOMEPAGE_CLIENT_CERT: {garbage}: no PEM certificate in it"
+    )
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("variable", "content", "message"),
+    [
+        ("HOMEPAGE_CLIENT_KEY", b"garbage\n", "no PEM private key in it"),
+        ("HOMEPAGE_CA_CERTS", b"garbage\n", "not a PEM certificate bundle"),
+        ("HOMEPAGE_CLIENT_KEY", "userservice.key", "the key does not belong to the first cert"),
+    ],
+)
+def test_an_unusable_file_stops_the_app_in_one_line_naming_its_variable(
+    demo_pki: Path, tmp_path: Path, variable: str, content: bytes | str, message: str
+) -> None:
+    path = demo_pki / content if isinstance(content, str) else tmp_path / "file.pem"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    env = env_for(demo_pki, "https://localhost:8443", **{variable: str(path)})
+
+    with pytest.raises(ConfigError) as caught:
+        create_app(HomePageSettings.from_env(env))
+
+    assert str(caught.value).startswith(
+        f"invalid Home Page settings: {variable}: {path}: {message}"
+    )
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("variable", ["HOMEPAGE_CLIENT_CERT", "HOMEPAGE_CA_CERTS"])
+def test_a_directory_in_place_of_a_file_is_a_setting_error_naming_it(
+    demo_pki: Path, tmp_path: Path, variable: str
+) -> None:
+    env = env_for(demo_pki, "https://localhost:8443", **{variable: str(tmp_path)})
+
+    with pytest.raises(ConfigError, match=f"{variable}: {tmp_path} is a directory, not a file"):
+        HomePageSettings.from_env(env)
+
+
+def test_a_file_gone_between_settings_and_start_is_blamed_on_its_variable(
+    demo_pki: Path, tmp_path: Path
+) -> None:
+    key = tmp_path / "homepage.key"
+    key.write_bytes((demo_pki / "homepage.key").read_bytes())
+    settings = HomePageSettings.from_env(
+        env_for(demo_pki, "https://localhost:8443", HOMEPAGE_CLIENT_KEY=str(key))
+    )
+    key.unlink()
+
+    with pytest.raises(ConfigError) as caught:
+        create_app(settings)
+
+    assert str(caught.value).startswith(
+        f"invalid Home Page settings: HOMEPAGE_CLIENT_KEY: {key} does not exist or is not a file"
+    )
