@@ -5,7 +5,12 @@
     python demo.py [--pki pki/out] --lb       the same behind HAProxy (TCP passthrough)
 
 The curl checks are the seed's, plus the DN policy's two answers; they are
-also what the end-to-end tests run (tests/test_e2e_curl.py).
+also what the end-to-end tests run (tests/test_e2e_services.py).
+
+The banner with the URLs is printed once both services answer (the User
+Service's /healthz over mutual TLS, a TLS handshake with the Home Page), not
+after a guess; a service that does not answer within READY_TIMEOUT stops the
+demo. deploy/lb_demo.py uses the same probe and supervisor.
 """
 
 from __future__ import annotations
@@ -13,10 +18,12 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import socket
+import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +31,7 @@ ROOT = Path(__file__).resolve().parent
 USER_PORT = 8443
 HOME_PORT = 9443
 FORBIDDEN_BODY = '{"message": "Certificate subject is not recognized!"}'
+READY_TIMEOUT = 30.0
 
 
 @dataclass(frozen=True)
@@ -206,44 +214,130 @@ def banner(pki: Path) -> str:
 def run_demo(pki: Path) -> int:
     ensure_pki(pki)
     user_env, home_env = service_envs(pki, f"https://localhost:{USER_PORT}")
+    probes = [
+        Probe("the User Service", ("127.0.0.1", USER_PORT), client_context(pki, "homepage")),
+        Probe("the Home Page", ("127.0.0.1", HOME_PORT), client_context(pki, None), path=None),
+    ]
     procs = [
         _gunicorn("wsgi:userservice", f"127.0.0.1:{USER_PORT}", user_env),
         _gunicorn("wsgi:homepage", f"127.0.0.1:{HOME_PORT}", home_env),
     ]
-    return _supervise(procs, banner(pki))
+    return _supervise(procs, banner(pki), probes)
 
 
-def _supervise(procs: list[subprocess.Popen[bytes]], text: str) -> int:
+@dataclass(frozen=True)
+class Probe:
+    """How to tell that one service answers.
+
+    path: GET it over TLS and expect a 200 (``/healthz``); None: a completed
+    handshake is the answer (the Home Page's ``/`` would call the User Service).
+    """
+
+    name: str
+    address: tuple[str, int]
+    context: ssl.SSLContext
+    path: str | None = "/healthz"
+
+
+def client_context(pki: Path, name: str | None) -> ssl.SSLContext:
+    """Trusting our root only; presenting ``name``'s chain and key unless None."""
+    ctx = ssl.create_default_context(cafile=str(pki / "root.crt"))
+    if name is not None:
+        ctx.load_cert_chain(str(pki / f"{name}-chain.crt"), str(pki / f"{name}.key"))
+    return ctx
+
+
+def wait_until_answering(
+    probe: Probe,
+    procs: Sequence[subprocess.Popen[bytes]],
+    *,
+    timeout: float = READY_TIMEOUT,
+    stopped: Callable[[], bool] = lambda: False,
+) -> None:
+    """Poll ``probe`` until it answers; RuntimeError when a process dies or time runs out.
+
+    Returns early (without an answer) once ``stopped()`` says so: Ctrl-C while
+    waiting. A bare TCP connect would not prove the worker serves TLS, and
+    each would be logged as a refused handshake.
+    """
+    host, port = probe.address
+    deadline = time.monotonic() + timeout
+    problem = "no answer"
+    while not stopped():
+        if any(p.poll() is not None for p in procs):
+            raise RuntimeError(f"a process exited while waiting for {probe.name} ({host}:{port})")
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise RuntimeError(
+                f"{probe.name} ({host}:{port}) did not answer within {timeout:g} s: {problem}"
+            )
+        try:
+            if _answers(probe, timeout=min(2.0, left)):
+                return
+            problem = f"GET {probe.path} did not answer 200"
+        except OSError as exc:  # ssl.SSLError included
+            problem = str(exc) or type(exc).__name__
+        time.sleep(0.1)
+
+
+def _answers(probe: Probe, *, timeout: float) -> bool:
+    with socket.create_connection(probe.address, timeout=timeout) as raw:
+        with probe.context.wrap_socket(raw, server_hostname="localhost") as tls:
+            if probe.path is None:
+                return True
+            request = f"GET {probe.path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+            tls.sendall(request.encode())
+            return tls.recv(12).startswith(b"HTTP/1.1 200")
+
+
+def _supervise(
+    procs: list[subprocess.Popen[bytes]],
+    text: str,
+    probes: Sequence[Probe] = (),
+    *,
+    timeout: float = READY_TIMEOUT,
+) -> int:
+    """Wait for ``probes``, print ``text``, then run until Ctrl-C/SIGTERM or a process exits.
+
+    Every exit path stops every process. Returns 0 after Ctrl-C, 1 otherwise.
+    """
     stopping = False
 
     def stop(_sig: int, _frame: object) -> None:
         nonlocal stopping
         stopping = True
 
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
-    shown = False
-    deadline = time.monotonic() + 3
-    while not stopping:
-        if any(p.poll() is not None for p in procs):
-            print(
-                "demo: a service exited; stopping the others (see its log above)", file=sys.stderr
-            )
-            break
-        if not shown and time.monotonic() > deadline:
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for probe in probes:
+            wait_until_answering(probe, procs, timeout=timeout, stopped=lambda: stopping)
+        if not stopping:
             print(text, flush=True)
-            shown = True
-        time.sleep(0.2)
+        while not stopping:
+            if any(p.poll() is not None for p in procs):
+                raise RuntimeError("a service exited (see its log above)")
+            time.sleep(0.2)
+    except RuntimeError as exc:
+        print(f"demo: {exc}; stopping all", file=sys.stderr, flush=True)
+    finally:
+        stop_all(procs)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    print("demo: stopped", flush=True)
+    return 0 if stopping else 1
+
+
+def stop_all(procs: Sequence[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM (gunicorn's graceful stop) to every live process, SIGKILL after 15 s."""
     for p in procs:
         if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
+            p.terminate()
     for p in procs:
         try:
             p.wait(timeout=15)
         except subprocess.TimeoutExpired:
             p.kill()
-    print("demo: stopped", flush=True)
-    return 0 if stopping else 1
+            p.wait()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -23,15 +23,24 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import ssl
 import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from demo import HOME_PORT, ROOT, USER_PORT, _gunicorn, _supervise, ensure_pki, service_envs
+from demo import (
+    HOME_PORT,
+    ROOT,
+    USER_PORT,
+    Probe,
+    _gunicorn,
+    _supervise,
+    client_context,
+    ensure_pki,
+    service_envs,
+    stop_all,
+    wait_until_answering,
+)
 from pki import store
 
 CONFIG = Path(__file__).resolve().parent / "haproxy.cfg"
@@ -39,7 +48,6 @@ LB_BIND = ("127.0.0.1", USER_PORT)
 LB_SOURCE = "127.0.0.2"
 BACKENDS = (("127.0.0.3", USER_PORT), ("127.0.0.4", USER_PORT))
 BUNDLE_NAME = "lb-bundle.pem"
-READY_TIMEOUT = 30.0
 
 
 def build_lb_bundle(pki: Path, dest: Path | None = None) -> Path:
@@ -90,34 +98,6 @@ def backend_env(pki: Path, lb_source: str) -> dict[str, str]:
     return {**user, "MTLS_PROXY_PROTOCOL": "v2", "MTLS_PROXY_ALLOW_FROM": f"{lb_source}/32"}
 
 
-def wait_until_answering(
-    address: tuple[str, int],
-    ctx: ssl.SSLContext,
-    procs: Sequence[subprocess.Popen[bytes]],
-    timeout: float = READY_TIMEOUT,
-) -> None:
-    """Poll GET /healthz over mutual TLS until it answers, a process dies, or time runs out.
-
-    A bare TCP connect would do as a probe, but each would be logged as a
-    refused handshake; a real request is what a user would try first anyway.
-    """
-    deadline = time.monotonic() + timeout
-    problem = "no answer"
-    while time.monotonic() < deadline:
-        if any(p.poll() is not None for p in procs):
-            raise RuntimeError(f"a process exited while waiting for {address[0]}:{address[1]}")
-        try:
-            with socket.create_connection(address, timeout=2) as raw:
-                with ctx.wrap_socket(raw, server_hostname="localhost") as tls:
-                    tls.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
-                    if tls.recv(12).startswith(b"HTTP/1.1 200"):
-                        return
-        except OSError as e:  # ssl.SSLError included
-            problem = str(e)
-        time.sleep(0.1)
-    raise RuntimeError(f"{address[0]}:{address[1]} not answering within {timeout:g}s: {problem}")
-
-
 def run_lb_demo(pki: Path) -> int:
     """Start two User Services, HAProxy in front of them, and the Home Page; Ctrl-C stops all."""
     if shutil.which("haproxy") is None:
@@ -144,8 +124,7 @@ def run_lb_demo(pki: Path) -> int:
         )
         return 2
 
-    ctx = ssl.create_default_context(cafile=str(pki / "root.crt"))
-    ctx.load_cert_chain(str(pki / "homepage-chain.crt"), str(pki / "homepage.key"))
+    ctx = client_context(pki, "homepage")
     _, home_env = service_envs(pki, f"https://localhost:{USER_PORT}")
     procs: list[subprocess.Popen[bytes]] = []
     supervised = False
@@ -154,32 +133,23 @@ def run_lb_demo(pki: Path) -> int:
             procs.append(
                 _gunicorn("wsgi:userservice", f"{host}:{port}", backend_env(pki, LB_SOURCE))
             )
-        for address in BACKENDS:
-            wait_until_answering(address, ctx, procs)
+        for number, address in enumerate(BACKENDS, start=1):
+            wait_until_answering(Probe(f"User Service #{number}", address, ctx), procs)
         # Started only once the backends answer, so its first checks pass.
         procs.append(subprocess.Popen(haproxy_command(), cwd=ROOT, env={**os.environ, **lb_env}))
-        wait_until_answering(LB_BIND, ctx, procs)
+        wait_until_answering(Probe("HAProxy", LB_BIND, ctx), procs)
         procs.append(_gunicorn("wsgi:homepage", f"127.0.0.1:{HOME_PORT}", home_env))
+        home = Probe(
+            "the Home Page", ("127.0.0.1", HOME_PORT), client_context(pki, None), path=None
+        )
         supervised = True
-        return _supervise(procs, lb_banner(pki))
+        return _supervise(procs, lb_banner(pki), [home])
     except (RuntimeError, KeyboardInterrupt) as e:
-        print(f"lb-demo: {str(e) or 'interrupted'}; stopping", file=sys.stderr)
+        print(f"lb-demo: {str(e) or 'interrupted'}; stopping all", file=sys.stderr)
         return 1
     finally:
         if not supervised:
-            _stop(procs)
-
-
-def _stop(procs: Sequence[subprocess.Popen[bytes]]) -> None:
-    for p in procs:
-        if p.poll() is None:
-            p.terminate()
-    for p in procs:
-        try:
-            p.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
+            stop_all(procs)
 
 
 def lb_banner(pki: Path) -> str:

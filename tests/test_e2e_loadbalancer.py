@@ -317,12 +317,15 @@ def test_slow_proxy_header_is_closed_after_the_handshake_timeout(
     with socket.create_connection((server.host, server.port), source_address=(FAKE_LB, 0)) as raw:
         port = raw.getsockname()[1]
         raw.sendall(header[:10])  # and never the rest
-        raw.settimeout(5)
+        raw.settimeout(15)  # beyond the bound below: a slow close fails the bound, not recv()
         started = time.monotonic()
         with contextlib.suppress(ConnectionResetError):
             assert raw.recv(1) == b""
         waited = time.monotonic() - started
-    assert 0.8 < waited < 3.5  # MTLS_HANDSHAKE_TIMEOUT=1, checked about once a second
+    # MTLS_HANDSHAKE_TIMEOUT=1: never closed early. The worker checks deadlines about
+    # once a second, so ~2 s is usual; the upper bound only proves it is closed at all,
+    # with room for a loaded 2-core CI box.
+    assert 0.8 < waited < 9
     reason = "timeout (PROXY header not completed within 1s)"
     lines_in_log(server, needle=f"peer={FAKE_LB}:{port} reason={reason}")
 

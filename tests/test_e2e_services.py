@@ -9,13 +9,17 @@ import json
 import os
 import re
 import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from demo import print_checks, run_check, seed_checks, service_envs
+import demo
+from demo import Probe, print_checks, run_check, seed_checks, service_envs
 from tests.servers import Server, client_context, free_port, running
+from tests.tls_stub import silent_port
 from tests.tools import require_tool
 
 FORBIDDEN = {"message": "Certificate subject is not recognized!"}
@@ -161,6 +165,80 @@ def test_home_page_internal_status_needs_the_ops_certificate(
     assert (code, status) == (0, "200")
 
 
+def sleeper(seconds: float) -> subprocess.Popen[bytes]:
+    """A stand-in for a supervised gunicorn that exits on its own after ``seconds``."""
+    return subprocess.Popen([sys.executable, "-c", f"import time; time.sleep({seconds})"])
+
+
+def demo_probes(pki: Path, user: Server, home: Server) -> list[Probe]:
+    """The probes demo.run_demo uses, pointed at these ports."""
+    return [
+        Probe("the User Service", ("127.0.0.1", user.port), demo.client_context(pki, "homepage")),
+        Probe("the Home Page", ("127.0.0.1", home.port), demo.client_context(pki, None), path=None),
+    ]
+
+
+def test_the_demo_probe_is_a_healthz_request_over_mutual_tls(
+    services: tuple[Server, Server], demo_pki: Path
+) -> None:
+    user, _ = services
+    address = ("127.0.0.1", user.port)
+    demo.wait_until_answering(Probe("us", address, demo.client_context(demo_pki, "homepage")), [])
+    # The same server without our client certificate never answers the probe.
+    anonymous = Probe("the User Service", address, demo.client_context(demo_pki, None))
+    with pytest.raises(RuntimeError, match=r"the User Service \(127\.0\.0\.1:\d+\) did not answer"):
+        demo.wait_until_answering(anonymous, [], timeout=1)
+
+
+def test_the_demo_banner_comes_once_both_services_answer(
+    services: tuple[Server, Server], demo_pki: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    user, home = services
+    service = sleeper(3)  # "exits" after the banner: the supervisor then stops all
+
+    assert demo._supervise([service], "BANNER", demo_probes(demo_pki, user, home)) == 1
+
+    out, err = capfd.readouterr()
+    assert out.splitlines()[-2:] == ["BANNER", "demo: stopped"]
+    assert "demo: a service exited (see its log above); stopping all" in err
+
+
+def test_the_demo_stops_everything_when_a_service_never_answers(
+    services: tuple[Server, Server], demo_pki: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    user, _ = services
+    service = sleeper(60)
+    with silent_port() as port:  # accepts TCP, never speaks TLS: a hung service
+        probes = [
+            *demo_probes(demo_pki, user, user)[:1],
+            Probe("the Home Page", ("127.0.0.1", port), demo.client_context(demo_pki, None), None),
+        ]
+        started = time.monotonic()
+        assert demo._supervise([service], "BANNER", probes, timeout=1) == 1
+
+    assert time.monotonic() - started < 10
+    assert service.poll() is not None  # stopped, not left running
+    out, err = capfd.readouterr()
+    assert "BANNER" not in out
+    assert re.search(
+        r"demo: the Home Page \(127\.0\.0\.1:\d+\) did not answer within 1 s: .*; stopping all",
+        err,
+    )
+
+
+def test_the_demo_stops_everything_when_a_service_exits_before_answering(
+    demo_pki: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    dead, alive = sleeper(0), sleeper(60)
+    dead.wait()
+    with silent_port() as port:
+        probe = Probe("the User Service", ("127.0.0.1", port), demo.client_context(demo_pki, None))
+        assert demo._supervise([dead, alive], "BANNER", [probe]) == 1
+
+    assert alive.poll() is not None
+    assert "a process exited while waiting for the User Service" in capfd.readouterr().err
+
+
 def test_home_page_says_503_once_the_user_service_is_stopped(
     demo_pki: Path, tmp_path: Path
 ) -> None:
@@ -241,7 +319,12 @@ def test_a_real_browser_that_trusts_our_root_sees_the_user(
     _, home = services
     url = f"https://localhost:{home.port}/"
     # Without our root, Chromium refuses the page: the trust below is what makes it work.
+    # Proven positively, so that a crashed or missing browser cannot pass for a refusal:
+    # headless Chromium (156) dumps no DOM and logs the load failure with the net error.
     untrusted = chromium(tmp_path / "untrusted", "--dump-dom", url)
+    assert "Page load failed: net::ERR_CERT_AUTHORITY_INVALID" in untrusted.stderr, (
+        f"exit {untrusted.returncode}: {untrusted.stderr[-2000:]}"
+    )
     assert "Ada Lovelace" not in untrusted.stdout
     # Trust the root through the NSS database Chromium reads on Linux, as a user would.
     require_tool("certutil")
