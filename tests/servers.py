@@ -157,9 +157,24 @@ def running(
     ready_ctx: ssl.SSLContext,
     **kwargs: object,
 ) -> Iterator[Server]:
-    server = start_gunicorn(app, env, log_path, **kwargs)  # type: ignore[arg-type]
-    try:
-        wait_until_ready(server, ready_ctx)
-        yield server
-    finally:
-        server.stop()
+    """A ready server, stopped on exit.
+
+    free_port() can race with another process between probing and gunicorn's
+    bind; when the port was taken meanwhile (and the caller did not ask for a
+    fixed one), start again on a fresh port, a bounded number of times.
+    """
+    for attempt in range(3):
+        server = start_gunicorn(app, env, log_path, **kwargs)  # type: ignore[arg-type]
+        try:
+            wait_until_ready(server, ready_ctx)
+        except AssertionError:
+            server.stop()
+            lost_race = "Connection in use" in server.log() and "port" not in kwargs
+            if lost_race and attempt < 2:
+                continue
+            raise
+        try:
+            yield server
+        finally:
+            server.stop()
+        return
