@@ -54,6 +54,11 @@ def settings_for(pki: Path, chain: Path, key: Path, **extra: str) -> ServerSetti
     return ServerSettings.from_env(env)
 
 
+def userservice_settings(pki: Path, **extra: str) -> ServerSettings:
+    """The demo User Service's own files, plus ``extra`` MTLS_* settings."""
+    return settings_for(pki, pki / "userservice-chain.crt", pki / "userservice.key", **extra)
+
+
 def server_leaf(pki: Path, **kwargs: object) -> authority.Issued:
     issuer = load_issued(pki, "global")
     return authority.build_leaf(
@@ -67,10 +72,8 @@ def server_leaf(pki: Path, **kwargs: object) -> authority.Issued:
 
 def test_demo_server_files_validate_and_build_a_context(demo_pki: Path) -> None:
     state = load_tls_state(
-        settings_for(
+        userservice_settings(
             demo_pki,
-            demo_pki / "userservice-chain.crt",
-            demo_pki / "userservice.key",
             MTLS_CRLFILE=str(demo_pki / "crl.pem"),
         )
     )
@@ -150,10 +153,8 @@ def test_chain_file_without_the_intermediate_is_refused(demo_pki: Path, tmp_path
 
 
 def test_bundle_without_any_ca_is_refused(demo_pki: Path) -> None:
-    settings = settings_for(
+    settings = userservice_settings(
         demo_pki,
-        demo_pki / "userservice-chain.crt",
-        demo_pki / "userservice.key",
         MTLS_CA_CERTS=str(demo_pki / "homepage.crt"),
     )
     with pytest.raises(CertificateFileError, match="holds no CA certificate"):
@@ -166,10 +167,8 @@ def test_intermediate_in_the_bundle_is_a_warning(demo_pki: Path, tmp_path: Path)
         (demo_pki / "root.crt").read_bytes() + (demo_pki / "global.crt").read_bytes()
     )
     state = load_tls_state(
-        settings_for(
+        userservice_settings(
             demo_pki,
-            demo_pki / "userservice-chain.crt",
-            demo_pki / "userservice.key",
             MTLS_CA_CERTS=str(bundle),
         )
     )
@@ -184,10 +183,8 @@ def test_crl_signed_by_another_ca_is_refused(demo_pki: Path, tmp_path: Path) -> 
     crl = authority.build_crl(issuer, [])
     path = tmp_path / "crl.pem"
     path.write_bytes(crl.public_bytes(serialization.Encoding.PEM))
-    settings = settings_for(
+    settings = userservice_settings(
         demo_pki,
-        demo_pki / "userservice-chain.crt",
-        demo_pki / "userservice.key",
         MTLS_CRLFILE=str(path),
     )
     with pytest.raises(CertificateFileError, match="not signed by a CA of this chain"):
@@ -200,10 +197,8 @@ def test_crl_past_its_next_update_is_refused(demo_pki: Path, tmp_path: Path) -> 
     )
     path = tmp_path / "crl.pem"
     path.write_bytes(crl.public_bytes(serialization.Encoding.PEM))
-    settings = settings_for(
+    settings = userservice_settings(
         demo_pki,
-        demo_pki / "userservice-chain.crt",
-        demo_pki / "userservice.key",
         MTLS_CRLFILE=str(path),
     )
     with pytest.raises(
@@ -215,10 +210,8 @@ def test_crl_past_its_next_update_is_refused(demo_pki: Path, tmp_path: Path) -> 
 def test_unreadable_crl_is_refused(demo_pki: Path, tmp_path: Path) -> None:
     path = tmp_path / "crl.pem"
     path.write_text("not a crl")
-    settings = settings_for(
+    settings = userservice_settings(
         demo_pki,
-        demo_pki / "userservice-chain.crt",
-        demo_pki / "userservice.key",
         MTLS_CRLFILE=str(path),
     )
     with pytest.raises(CertificateFileError, match="not a PEM CRL"):
@@ -300,10 +293,8 @@ def test_resumed_session_of_a_revoked_or_expired_peer_is_refused(
     )
     (pki / "crl.pem").write_bytes(crl.public_bytes(serialization.Encoding.PEM))
     state = load_tls_state(
-        settings_for(
+        userservice_settings(
             pki,
-            pki / "userservice-chain.crt",
-            pki / "userservice.key",
             MTLS_CRLFILE=str(pki / "crl.pem"),
         )
     )
@@ -318,10 +309,10 @@ def test_resumed_session_of_a_revoked_or_expired_peer_is_refused(
 
 def test_bundle_with_an_intermediate_but_no_root_is_refused(demo_pki: Path) -> None:
     # OpenSSL (no partial chains) would refuse every client: fail at start-up instead.
-    settings = settings_for(
-        demo_pki, demo_pki / "userservice-chain.crt", demo_pki / "userservice.key",
+    settings = userservice_settings(
+        demo_pki,
         MTLS_CA_CERTS=str(demo_pki / "global.crt"),
-    )  # fmt: skip
+    )
     with pytest.raises(CertificateFileError, match=r"holds no root \(self-signed\) CA"):
         load_tls_state(settings)
 
@@ -336,10 +327,10 @@ def test_certificate_hidden_in_the_crl_file_is_refused(demo_pki: Path, tmp_path:
         + authority.build_crl(evil, []).public_bytes(serialization.Encoding.PEM)
         + evil.cert.public_bytes(serialization.Encoding.PEM)
     )
-    settings = settings_for(
-        demo_pki, demo_pki / "userservice-chain.crt", demo_pki / "userservice.key",
+    settings = userservice_settings(
+        demo_pki,
         MTLS_CRLFILE=str(crl_file),
-    )  # fmt: skip
+    )
     with pytest.raises(CertificateFileError) as e:
         load_tls_state(settings)
     assert "holds a CERTIFICATE block; ssl would trust a certificate there as a CA" in str(e.value)
@@ -357,10 +348,7 @@ def test_every_crl_in_the_file_counts(demo_pki: Path, tmp_path: Path) -> None:
             serialization.Encoding.PEM
         )
     )
-    state = load_tls_state(
-        settings_for(demo_pki, demo_pki / "userservice-chain.crt", demo_pki / "userservice.key",
-                     MTLS_CRLFILE=str(crl_file))
-    )  # fmt: skip
+    state = load_tls_state(userservice_settings(demo_pki, MTLS_CRLFILE=str(crl_file)))
     assert homepage.serial_number in state.revoked_serials
 
 
@@ -374,10 +362,7 @@ def test_rsa_only_suites_with_an_ec_key_are_refused_unless_tls13_only(demo_pki: 
 
 
 def test_resumed_session_is_refused_once_the_crl_is_stale(demo_pki: Path) -> None:
-    state = load_tls_state(
-        settings_for(demo_pki, demo_pki / "userservice-chain.crt", demo_pki / "userservice.key",
-                     MTLS_CRLFILE=str(demo_pki / "crl.pem"))
-    )  # fmt: skip
+    state = load_tls_state(userservice_settings(demo_pki, MTLS_CRLFILE=str(demo_pki / "crl.pem")))
     assert state.crl_next_update is not None
     peer = x509.load_pem_x509_certificate((demo_pki / "eventservice.crt").read_bytes())
     assert state.refuse_resumed_peer(peer, state.crl_next_update) is None
