@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-import logging
 import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,11 +19,6 @@ from cryptography import x509
 from mtls.errors import CertificateFileError
 from mtls.settings import ServerSettings
 from mtls.validation import check_files, variable_for
-
-log = logging.getLogger("mtls.context")
-
-EXPIRY_WARNING = datetime.timedelta(days=30)
-_MAX_CHAIN_DEPTH = 8
 
 
 @dataclass(frozen=True)

@@ -47,7 +47,6 @@ _PEEK_SIZE = 16 + 1024 + 64
 # A closing connection is drained for this long / this much at most.
 LINGER_SECONDS = 2.0
 LINGER_BYTES = 64 * 1024
-ENVIRON_MARKER = "mtls.worker"
 
 
 class MtlsConn(TConn):  # type: ignore[misc]
@@ -148,7 +147,6 @@ class MtlsWorker(ThreadWorker):  # type: ignore[misc]
             conn: MtlsConn = local.conn
             environ.update(conn.tls_environ)
             environ[PEER_ENVIRON_KEY] = conn.peer
-            environ[ENVIRON_MARKER] = True
             return app(environ, start_response)
 
         return mtls_identity
