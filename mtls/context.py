@@ -33,22 +33,25 @@ class TlsState:
     fingerprint: str
     warnings: tuple[str, ...] = field(default=())
 
-    def refuse_resumed_peer(self, cert: x509.Certificate, now: datetime.datetime) -> str | None:
-        """Why a peer resuming a session must still be refused, or None.
+    def refuse_peer(
+        self, cert: x509.Certificate, now: datetime.datetime, *, what: str
+    ) -> str | None:
+        """Why a peer verified earlier must now be refused, or None.
 
-        A resumed handshake skips chain and CRL verification: OpenSSL trusts
-        the session. Expiry and revocation may have happened since, so they
-        are checked again here before the application sees the connection.
+        Used where OpenSSL does not verify again: a resumed handshake (it
+        trusts the session) and every request on a kept-alive connection.
+        Expiry and revocation may have happened since; ``what`` names the
+        situation in the reason ("resumed session", "kept-alive connection").
         """
         if now > cert.not_valid_after_utc:
-            expired = f"{cert.not_valid_after_utc:%Y-%m-%d}"
-            return f"resumed session for a certificate that expired on {expired}"
+            expired = f"{cert.not_valid_after_utc:%Y-%m-%d %H:%M:%S}"
+            return f"{what} for a certificate that expired on {expired} UTC"
         if cert.serial_number in self.revoked_serials:
-            return "resumed session for a revoked certificate"
+            return f"{what} for a revoked certificate"
         if self.crl_next_update is not None and now > self.crl_next_update:
             # OpenSSL refuses every full handshake once the CRL is stale
-            # (fail closed); a resumed session must not be the way around it.
-            return "resumed session, but the CRL is past its nextUpdate (refresh it: `pki crl`)"
+            # (fail closed); an earlier verification must not be the way around it.
+            return f"{what}, but the CRL is past its nextUpdate (refresh it: `pki crl`)"
         return None
 
 

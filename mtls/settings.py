@@ -52,6 +52,17 @@ class ServerSettings:
     proxy_allow_from: tuple[IPNetwork, ...] = ()
     handshake_timeout: float = 10.0
     reload_interval: float = 2.0
+    # Hostile-peer bounds (SECURITY.md): a request head (and a body of up to
+    # 64 KiB) must arrive whole within request_timeout of its first byte; once
+    # a thread serves the request, each read or write waits io_timeout at most.
+    request_timeout: float = 10.0
+    io_timeout: float = 10.0
+    # Connections still in their PROXY header or TLS handshake, per worker;
+    # the oldest (silent ones first) is dropped to admit a new one.
+    max_handshakes: int = 1000
+    # A kept-alive connection is closed after its response once this old, so
+    # no connection outlives the certificate checks of its handshake for long.
+    max_connection_age: float = 600.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ServerSettings:
@@ -100,6 +111,12 @@ class ServerSettings:
             env, "MTLS_HANDSHAKE_TIMEOUT", 10.0, problems, minimum=0.1
         )
         reload_interval = parse_seconds(env, "MTLS_RELOAD_INTERVAL", 2.0, problems, minimum=0.0)
+        request_timeout = parse_seconds(env, "MTLS_REQUEST_TIMEOUT", 10.0, problems, minimum=0.1)
+        io_timeout = parse_seconds(env, "MTLS_IO_TIMEOUT", 10.0, problems, minimum=0.1)
+        max_connection_age = parse_seconds(
+            env, "MTLS_MAX_CONNECTION_AGE", 600.0, problems, minimum=1.0, maximum=86400.0
+        )
+        max_handshakes = _count(env, "MTLS_MAX_HANDSHAKES", 1000, problems, minimum=1)
 
         if problems:
             raise ConfigError("invalid mTLS server settings:\n  - " + "\n  - ".join(problems))
@@ -121,6 +138,10 @@ class ServerSettings:
             proxy_allow_from=allow_from,
             handshake_timeout=handshake_timeout,
             reload_interval=reload_interval,
+            request_timeout=request_timeout,
+            io_timeout=io_timeout,
+            max_handshakes=max_handshakes,
+            max_connection_age=max_connection_age,
         )
 
     @property
@@ -170,6 +191,29 @@ def parse_seconds(
         return default
     if not minimum <= value <= maximum:  # also refuses NaN and inf
         problems.append(f"{name}={raw!r} must be between {minimum:g} and {maximum:g} seconds")
+        return default
+    return value
+
+
+def _count(
+    env: Mapping[str, str],
+    name: str,
+    default: int,
+    problems: list[str],
+    *,
+    minimum: int,
+    maximum: int = 1_000_000,
+) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        problems.append(f"{name}={raw!r} is not a whole number")
+        return default
+    if not minimum <= value <= maximum:
+        problems.append(f"{name}={raw!r} must be between {minimum} and {maximum}")
         return default
     return value
 

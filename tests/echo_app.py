@@ -14,6 +14,9 @@ def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable
     peer = environ.get("mtls.peer")
     keys["peer_subject"] = getattr(peer, "subject_dn", None)
     keys["worker_pid"] = os.getpid()
+    if environ["REQUEST_METHOD"] == "POST":
+        # Reads the whole body: what a stalled body holds a thread in.
+        keys["body_length"] = len(environ["wsgi.input"].read())
     body = json.dumps(keys).encode()
     start_response(
         "200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]

@@ -298,12 +298,14 @@ def test_resumed_session_of_a_revoked_or_expired_peer_is_refused(
             MTLS_CRLFILE=str(pki / "crl.pem"),
         )
     )
-    assert state.refuse_resumed_peer(homepage, NOW) == "resumed session for a revoked certificate"
+    revoked = state.refuse_peer(homepage, NOW, what="resumed session")
+    assert revoked == "resumed session for a revoked certificate"
     other = x509.load_pem_x509_certificate((pki / "eventservice.crt").read_bytes())
-    assert state.refuse_resumed_peer(other, NOW) is None
+    assert state.refuse_peer(other, NOW, what="resumed session") is None
     later = other.not_valid_after_utc + datetime.timedelta(seconds=1)
-    assert state.refuse_resumed_peer(other, later) == (
-        f"resumed session for a certificate that expired on {other.not_valid_after_utc:%Y-%m-%d}"
+    assert state.refuse_peer(other, later, what="kept-alive connection") == (
+        "kept-alive connection for a certificate that expired on "
+        f"{other.not_valid_after_utc:%Y-%m-%d %H:%M:%S} UTC"
     )
 
 
@@ -365,8 +367,8 @@ def test_resumed_session_is_refused_once_the_crl_is_stale(demo_pki: Path) -> Non
     state = load_tls_state(userservice_settings(demo_pki, MTLS_CRLFILE=str(demo_pki / "crl.pem")))
     assert state.crl_next_update is not None
     peer = x509.load_pem_x509_certificate((demo_pki / "eventservice.crt").read_bytes())
-    assert state.refuse_resumed_peer(peer, state.crl_next_update) is None
+    assert state.refuse_peer(peer, state.crl_next_update, what="resumed session") is None
     stale = state.crl_next_update + datetime.timedelta(seconds=1)
-    assert state.refuse_resumed_peer(peer, stale) == (
+    assert state.refuse_peer(peer, stale, what="resumed session") == (
         "resumed session, but the CRL is past its nextUpdate (refresh it: `pki crl`)"
     )
