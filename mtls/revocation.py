@@ -143,7 +143,7 @@ def refuse_older_crls(
             problems.append(
                 f"{path}: the CRL from '{new.issuer_dn}' ({new.describe()}) is older than the "
                 f"one in use ({old.describe()}); an older CRL would re-enable certificates "
-                f"revoked since, so it is refused: {_FIX} to write a current one"
+                "revoked since, so it is refused; run `pki crl --dir DIR` to write a current one"
             )
     return problems
 
