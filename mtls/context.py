@@ -4,21 +4,37 @@ Built once in the gunicorn master and inherited by the forked workers, so
 they share one session-ticket key (resumption works across workers) and no
 file is read on the connection path. Reloading builds a whole new state off
 to the side; only a state that validates replaces the old one.
+
+OpenSSL never reads the operator's files: each is read once, parsed and
+checked (mtls.validation), and the context is built from those objects
+re-serialised. Whatever else a file holds (a certificate hidden in the CRL
+file, say) cannot reach the trust store, and a file renamed or rewritten
+between the check and the load cannot be loaded unchecked.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
+import os
+import shutil
 import ssl
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from mtls.errors import CertificateFileError
+from mtls.revocation import CrlInfo, crl_info, refuse_older_crls
 from mtls.settings import ServerSettings
-from mtls.validation import check_files, variable_for
+from mtls.validation import CheckedFiles, check_files, variable_for
+
+_PEM = serialization.Encoding.PEM
+_DER = serialization.Encoding.DER
 
 
 @dataclass(frozen=True)
@@ -32,6 +48,9 @@ class TlsState:
     crl_next_update: datetime.datetime | None
     fingerprint: str
     warnings: tuple[str, ...] = field(default=())
+    # Per CRL loaded: its issuer, number and thisUpdate, so that a reload can
+    # refuse a CRL older than the one in use (mtls.revocation.refuse_older_crls).
+    crls: tuple[CrlInfo, ...] = field(default=())
 
     def refuse_peer(
         self, cert: x509.Certificate, now: datetime.datetime, *, what: str
@@ -55,32 +74,51 @@ class TlsState:
         return None
 
 
-def load_tls_state(settings: ServerSettings, now: datetime.datetime | None = None) -> TlsState:
-    """Validate every file, then build the context; raise once with every problem found."""
-    now = now or datetime.datetime.now(datetime.UTC)
-    for _attempt in range(3):
-        raw, digest, problems = _read(settings)
-        checked = check_files(settings, raw, now)
-        problems += checked.problems
-        if problems:
-            raise CertificateFileError(
-                "the server's TLS files cannot be used:\n  - " + "\n  - ".join(problems)
-            )
-        context = build_server_context(settings)
-        # ssl reads the files itself; make sure it read what we validated
-        # (a rotation may have renamed a file in between).
-        if _read(settings)[1] == digest:
-            next_updates = [c.next_update_utc for c in checked.crls if c.next_update_utc]
-            return TlsState(
-                settings=settings,
-                context=context,
-                leaf=checked.chain[0],
-                revoked_serials=frozenset(r.serial_number for c in checked.crls for r in c),
-                crl_next_update=min(next_updates, default=None),
-                fingerprint=digest,
-                warnings=tuple(checked.warnings),
-            )
-    raise CertificateFileError("the TLS files kept changing while being loaded; retry the reload")
+def load_tls_state(
+    settings: ServerSettings,
+    now: datetime.datetime | None = None,
+    *,
+    previous: TlsState | None = None,
+) -> TlsState:
+    """Validate every file, then build the context; raise once with every problem found.
+
+    ``previous`` is the state in use when reloading: a CRL older than its
+    CRL from the same issuer is refused. Each file is read once and nothing
+    is retried: the context is built from the bytes validated here, so a
+    rotation in progress can only fail validation (the watcher sees the next
+    change and reloads again), never slip unchecked bytes into OpenSSL.
+    """
+    checked, digest = _read_and_check(settings, now or datetime.datetime.now(datetime.UTC))
+    crls = tuple(crl_info(c) for c in checked.crls)
+    if previous is not None and settings.crlfile is not None:
+        _refuse(refuse_older_crls(settings.crlfile, previous.crls, crls), settings)
+    context = build_server_context(settings, checked)
+    next_updates = [c.next_update_utc for c in checked.crls if c.next_update_utc]
+    return TlsState(
+        settings=settings,
+        context=context,
+        leaf=checked.chain[0],
+        revoked_serials=frozenset(r.serial_number for c in checked.crls for r in c),
+        crl_next_update=min(next_updates, default=None),
+        fingerprint=digest,
+        warnings=tuple(checked.warnings),
+        crls=crls,
+    )
+
+
+def _read_and_check(settings: ServerSettings, now: datetime.datetime) -> tuple[CheckedFiles, str]:
+    raw, digest, problems = _read(settings)
+    checked = check_files(settings, raw, now)
+    _refuse(problems + checked.problems, settings)
+    return checked, digest
+
+
+def _refuse(problems: list[str], settings: ServerSettings) -> None:
+    if problems:
+        raise CertificateFileError(
+            "the server's TLS files cannot be used:\n  - " + "\n  - ".join(problems),
+            files=[p for p in settings.files if any(str(p) in problem for problem in problems)],
+        )
 
 
 def _read(settings: ServerSettings) -> tuple[dict[Path, bytes], str, list[str]]:
@@ -101,8 +139,19 @@ def _read(settings: ServerSettings) -> tuple[dict[Path, bytes], str, list[str]]:
     return raw, digest.hexdigest(), problems
 
 
-def build_server_context(settings: ServerSettings) -> ssl.SSLContext:
-    """One context with every option carrying its reason."""
+def build_server_context(
+    settings: ServerSettings, files: CheckedFiles | None = None
+) -> ssl.SSLContext:
+    """One context with every option carrying its reason, from validated objects only.
+
+    ``files`` is what mtls.validation parsed and accepted; without it the
+    files are read and checked here first (raising CertificateFileError).
+    """
+    if files is None:
+        files, _ = _read_and_check(settings, datetime.datetime.now(datetime.UTC))
+    _refuse(files.problems, settings)
+    if files.key is None or not files.chain:  # check_files says why as a problem
+        raise CertificateFileError(f"{settings.certfile}, {settings.keyfile}: nothing usable")
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = settings.min_version
     # Seed: allowRenegotiation false. Renegotiation lets a peer restart the
@@ -110,18 +159,114 @@ def build_server_context(settings: ServerSettings) -> ssl.SSLContext:
     ctx.options |= ssl.OP_NO_RENEGOTIATION | ssl.OP_NO_COMPRESSION
     ctx.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
     ctx.set_ciphers(settings.ciphers)  # TLS 1.2 only; 1.3 suites are all AEAD
-    ctx.load_cert_chain(str(settings.certfile), str(settings.keyfile))
+    key = files.key.private_bytes(
+        _PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    # ssl takes a chain and a key by path only: private in-memory files, so
+    # the unencrypted key is never written anywhere else.
+    with _openssl_loading(settings.certfile, settings.keyfile):
+        with private_file(_pem(files.chain), "chain") as chain, private_file(key, "key") as keyfile:
+            ctx.load_cert_chain(chain, keyfile)
     # The private root only: never load_default_certs(). A public CA must
-    # not be able to mint a client identity for our services.
-    ctx.load_verify_locations(cafile=str(settings.ca_certs))
+    # not be able to mint a client identity for our services. cadata loads
+    # certificates only, never a CRL or anything else.
+    with _openssl_loading(settings.ca_certs):
+        ctx.load_verify_locations(cadata=b"".join(c.public_bytes(_DER) for c in files.bundle))
     ctx.verify_mode = ssl.CERT_REQUIRED if settings.client_auth == "required" else ssl.CERT_OPTIONAL
     ctx.verify_flags |= ssl.VERIFY_X509_STRICT
     if settings.crlfile is not None:
-        ctx.load_verify_locations(cafile=str(settings.crlfile))
+        # ssl loads CRLs from a file only; this one holds the validated CRLs
+        # and nothing else, whatever the operator's file held besides.
+        with _openssl_loading(settings.crlfile), private_file(_pem(files.crls), "crl") as crls:
+            ctx.load_verify_locations(cafile=crls)
         ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
+    check_trust_store(settings, ctx, files)
     ctx.set_alpn_protocols(["http/1.1"])
     ctx.sni_callback = _remember_sni
     return ctx
+
+
+def check_trust_store(settings: ServerSettings, ctx: ssl.SSLContext, files: CheckedFiles) -> None:
+    """Refuse a context whose store is not exactly MTLS_CA_CERTS plus the validated CRLs.
+
+    True by construction today; checked anyway because a trust store that
+    differs from the operator's bundle is an authentication bypass, and the
+    next change to the loading code must not be able to make one silently.
+    get_ca_certs() lists the CA certificates only, cert_store_stats() counts
+    them all (OpenSSL drops exact duplicates, so distinct DER is compared).
+    """
+    bundle = {c.public_bytes(_DER) for c in files.bundle}
+    crls = {c.public_bytes(_DER) for c in files.crls}
+    stats = ctx.cert_store_stats()
+    cas = set(ctx.get_ca_certs(binary_form=True))
+    problems = []
+    if stats["x509"] != len(bundle) or not cas <= bundle:
+        problems.append(
+            f"the trust store holds {stats['x509']} certificates, {len(cas - bundle)} of them "
+            f"not in {settings.ca_certs} (which holds {len(bundle)}): refusing a trust store "
+            "that differs from MTLS_CA_CERTS"
+        )
+    if stats["crl"] != len(crls):
+        problems.append(
+            f"the trust store holds {stats['crl']} CRLs, not the {len(crls)} validated from "
+            f"{settings.crlfile}: refusing to check revocation against unvalidated CRLs"
+        )
+    _refuse(problems, settings)
+
+
+@contextlib.contextmanager
+def _openssl_loading(*paths: Path | None) -> Iterator[None]:
+    """OpenSSL refusing what our checks accepted is still a file problem, not a crash."""
+    try:
+        yield
+    except ssl.SSLError as e:
+        names = " and ".join(str(p) for p in paths if p is not None)
+        raise CertificateFileError(
+            f"{names}: OpenSSL refused what passed the checks ({e.reason or e}); rewrite the "
+            "file with `pki` (issue, crl), or report it if `pki verify` accepts it",
+            files=[p for p in paths if p is not None],
+        ) from None
+
+
+def _pem(objects: list[x509.Certificate] | list[x509.CertificateRevocationList]) -> bytes:
+    return b"".join(o.public_bytes(_PEM) for o in objects)
+
+
+@contextlib.contextmanager
+def private_file(data: bytes, name: str, *, memfd: bool = True) -> Iterator[str]:
+    """A path that only this process can open, holding ``data``; gone on exit.
+
+    Linux: a memfd (memfd_create(2)), anonymous memory with no directory
+    entry, opened by OpenSSL through /proc/self/fd/N. Elsewhere, or where a
+    sandbox refuses memfd_create: a 0600 file in a fresh 0700
+    tempfile.mkdtemp() directory, removed as soon as OpenSSL has read it.
+    """
+    fd = _memfd(name) if memfd else None
+    if fd is not None:
+        try:
+            with open(fd, "wb", closefd=False) as f:
+                f.write(data)
+            yield f"/proc/self/fd/{fd}"
+        finally:
+            os.close(fd)
+        return
+    directory = tempfile.mkdtemp(prefix="mtls-")
+    try:
+        path = os.path.join(directory, name)
+        with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as f:
+            f.write(data)
+        yield path
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _memfd(name: str) -> int | None:
+    if not hasattr(os, "memfd_create") or not os.path.isdir("/proc/self/fd"):
+        return None
+    try:
+        return os.memfd_create(f"mtls-{name}", os.MFD_CLOEXEC)
+    except OSError:
+        return None
 
 
 def _remember_sni(

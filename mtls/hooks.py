@@ -4,6 +4,10 @@ gunicorn_conf.py assigns these; they are the only glue between gunicorn's
 process model and mtls.context. The state is built before the first fork
 (one session-ticket key for all workers) and rebuilt on SIGHUP or when the
 files change; a state that does not validate never replaces a good one.
+
+Nothing raised while loading may reach gunicorn's arbiter: there it is
+"Unhandled exception in main loop" and the master exits with its workers.
+A reload that fails for any reason keeps the state in use and says why.
 """
 
 from __future__ import annotations
@@ -45,6 +49,12 @@ def on_starting(server: Any) -> None:
         state = load_tls_state(ServerSettings.from_env())
     except MtlsError as e:
         raise RuntimeError(str(e)) from None
+    except Exception as e:  # a bug, not a bad file: keep the traceback for the report
+        server.log.exception("mTLS: building the TLS state failed unexpectedly")
+        raise RuntimeError(
+            f"the server's TLS state could not be built ({type(e).__name__}: {e}); "
+            "the traceback is in the log above"
+        ) from None
     _log_state(server, state, "loaded")
     setattr(server, _STATE, state)
 
@@ -67,9 +77,14 @@ def on_reload(server: Any) -> None:
     """SIGHUP (sent by the watcher, or by an operator): swap in a new state if it validates."""
     old: TlsState = getattr(server, _STATE)
     try:
-        new = load_tls_state(ServerSettings.from_env())
+        new = load_tls_state(ServerSettings.from_env(), previous=old)
     except MtlsError as e:
-        server.log.error("TLS reload refused, keeping the previous certificates: %s", e)
+        server.log.error(
+            "TLS reload refused, keeping the previous certificates: %s", _one_line(str(e))
+        )
+        return
+    except Exception:  # a bug, not a bad file: the traceback, and the server stays up
+        server.log.exception("TLS reload failed unexpectedly, keeping the previous certificates")
         return
     if new.fingerprint == old.fingerprint and new.settings == old.settings:
         # Same files: keep the context, so outstanding session tickets stay valid.
@@ -77,6 +92,11 @@ def on_reload(server: Any) -> None:
         return
     setattr(server, _STATE, new)
     _log_state(server, new, "reloaded")
+
+
+def _one_line(message: str) -> str:
+    """A multi-problem message as one log line: `a: | b | c`."""
+    return " | ".join(part.strip().removeprefix("- ") for part in message.splitlines())
 
 
 def _route_app_logs(server: Any) -> None:
@@ -112,12 +132,16 @@ def _watch_files(server: Any, interval: float) -> None:
 
     Only os.stat runs here: validation and the new context are built by the
     master's own thread in on_reload, so no OpenSSL lock is ever held by this
-    thread when the master forks.
+    thread when the master forks. The thread never ends on an exception: a
+    watcher that died would leave rotations unnoticed without a word.
     """
     stop = threading.Event()
     last = files_fingerprint(getattr(server, _STATE).settings)
     while not stop.wait(interval):
-        current = files_fingerprint(getattr(server, _STATE).settings)
-        if current != last:
-            last = current
-            os.kill(os.getpid(), signal.SIGHUP)
+        try:
+            current = files_fingerprint(getattr(server, _STATE).settings)
+            if current != last:
+                last = current
+                os.kill(os.getpid(), signal.SIGHUP)
+        except Exception:
+            server.log.exception("mTLS file watcher: checking the files failed; still watching")

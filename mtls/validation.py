@@ -12,25 +12,24 @@ and name constraints; OpenSSL enforces the rest of RFC 5280 at each handshake.
 from __future__ import annotations
 
 import datetime
-import re
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from mtls.identity import format_dn
+from mtls.revocation import crl_info, parse_crl_file
 from mtls.settings import ServerSettings
 
 EXPIRY_WARNING = datetime.timedelta(days=30)
 _MAX_CHAIN_DEPTH = 8
-_PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n.*?-----END \1-----", re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -106,33 +105,14 @@ def _key(path: Path, raw: Mapping[Path, bytes], problems: list[str]) -> PrivateK
 def _crls(
     path: Path, raw: Mapping[Path, bytes], problems: list[str]
 ) -> list[x509.CertificateRevocationList]:
-    """Every CRL in the file, and nothing else.
+    """Every CRL in the file, and nothing else (see mtls.revocation).
 
-    ssl's load_verify_locations() trusts any certificate it finds in the CRL
-    file as a CA: a certificate slipped in there would widen trust beyond
-    MTLS_CA_CERTS. So the file may hold CRL blocks only.
+    ssl's load_verify_locations() trusts any certificate it finds in a CRL
+    file as a CA; mtls.context never hands it this file, only the CRLs parsed
+    here, re-serialised. A file with anything else in it is refused all the
+    same: it is either a mistake or an attack, and either way worth saying.
     """
-    if path not in raw:
-        return []
-    blocks = [(m.group(1), m.group(0)) for m in _PEM_BLOCK.finditer(raw[path])]
-    if not blocks:
-        problems.append(f"{path}: not a PEM CRL; run `pki crl --dir DIR` to write one")
-        return []
-    crls = []
-    for label, block in blocks:
-        if label != b"X509 CRL":
-            problems.append(
-                f"{path}: holds a {label.decode(errors='replace')} block; ssl would trust a "
-                "certificate there as a CA, so MTLS_CRLFILE may hold CRLs only"
-            )
-            continue
-        try:
-            crls.append(x509.load_pem_x509_crl(block))
-        except ValueError:
-            problems.append(
-                f"{path}: a CRL in it cannot be parsed; rewrite it with `pki crl --dir DIR`"
-            )
-    return crls
+    return parse_crl_file(path, raw[path], problems) if path in raw else []
 
 
 def _check_leaf(
@@ -244,11 +224,17 @@ def _check_crl(
     now: datetime.datetime,
     problems: list[str],
 ) -> None:
-    issuers = [c for c in certs if c.subject == crl.issuer]
-    if not any(crl.is_signature_valid(c.public_key()) for c in issuers):  # type: ignore[arg-type]
+    """The CRL must be signed by a CA (basicConstraints cA) of our chain or bundle.
+
+    Never by a leaf: a CRL "issued" by the server's own certificate, or by a
+    root nobody trusts, would satisfy VERIFY_CRL_CHECK_LEAF for nothing.
+    """
+    issuer = crl_info(crl).issuer_dn
+    signers = [c for c in certs if c.subject == crl.issuer and _is_ca(c)]
+    if not any(_signed(crl, c) for c in signers):
         problems.append(
-            f"{settings.crlfile}: not signed by a CA of this chain (issuer "
-            f"'{format_dn(crl.issuer)}'); write it with `pki crl --dir DIR`"
+            f"{settings.crlfile}: not signed by a CA of this chain (issuer '{issuer}'); "
+            "write it with `pki crl --dir DIR`"
         )
     next_update = crl.next_update_utc
     if next_update is None:
@@ -258,6 +244,13 @@ def _check_crl(
             f"{settings.crlfile}: past its nextUpdate ({next_update:%Y-%m-%d %H:%M} UTC); "
             "refresh it with `pki crl --dir DIR`"
         )
+
+
+def _signed(crl: x509.CertificateRevocationList, ca: x509.Certificate) -> bool:
+    try:
+        return crl.is_signature_valid(ca.public_key())  # type: ignore[arg-type]
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        return False  # a key type that cannot sign (X25519...) or an unknown algorithm
 
 
 def _check_ciphers(settings: ServerSettings, key: PrivateKeyTypes, problems: list[str]) -> None:

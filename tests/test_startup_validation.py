@@ -14,9 +14,17 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from mtls.context import load_tls_state
+from mtls.context import (
+    TlsState,
+    build_server_context,
+    check_trust_store,
+    load_tls_state,
+    private_file,
+)
 from mtls.errors import CertificateFileError, ConfigError
+from mtls.revocation import CrlInfo, refuse_older_crls
 from mtls.settings import ServerSettings
+from mtls.validation import check_files
 from pki import authority
 
 NOW = datetime.datetime.now(datetime.UTC)
@@ -372,3 +380,193 @@ def test_resumed_session_is_refused_once_the_crl_is_stale(demo_pki: Path) -> Non
     assert state.refuse_peer(peer, stale, what="resumed session") == (
         "resumed session, but the CRL is past its nextUpdate (refresh it: `pki crl`)"
     )
+
+
+def hidden(pem: bytes) -> bytes:
+    """``pem`` with BEGIN/END lines ending in whitespace: OpenSSL still reads such a block."""
+    return pem.replace(b"-----\n", b"----- \t\r\n")
+
+
+def crl_pem(issuer: authority.Issued, **kwargs: object) -> bytes:
+    crl = authority.build_crl(issuer, [], **kwargs)  # type: ignore[arg-type]
+    return crl.public_bytes(serialization.Encoding.PEM)
+
+
+def attacker_root() -> authority.Issued:
+    return authority.build_root(name=authority.make_name("Attacker Root CA"))
+
+
+def load_with_crl_file(pki: Path, directory: Path, content: bytes) -> CertificateFileError:
+    crl_file = directory / "crl.pem"
+    crl_file.write_bytes(content)
+    with pytest.raises(CertificateFileError) as e:
+        load_tls_state(userservice_settings(pki, MTLS_CRLFILE=str(crl_file)))
+    assert str(crl_file) in str(e.value)
+    return e.value
+
+
+def test_certificate_behind_a_begin_line_with_trailing_space_is_refused(
+    demo_pki: Path, tmp_path: Path
+) -> None:
+    evil = attacker_root().cert.public_bytes(serialization.Encoding.PEM)
+    legit = (demo_pki / "crl.pem").read_bytes()
+    error = load_with_crl_file(
+        demo_pki, tmp_path, legit + evil.replace(b"CERTIFICATE-----\n", b"CERTIFICATE----- \n", 1)
+    )
+    assert "holds a CERTIFICATE block; ssl would trust a certificate there as a CA" in str(error)
+    line = len(legit.splitlines()) + 1
+    assert f"crl.pem, line {line}: holds a CERTIFICATE block" in str(error)
+
+
+def test_junk_block_with_any_label_is_refused(demo_pki: Path, tmp_path: Path) -> None:
+    junk = b"-----BEGIN CERTIFICATE-----\t\r\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n"
+    lower = b"-----BEGIN private key-----\nAAAA\n-----END private key-----\n"
+    error = load_with_crl_file(
+        demo_pki, tmp_path, (demo_pki / "crl.pem").read_bytes() + junk + lower
+    )
+    assert "holds a CERTIFICATE block" in str(error)
+    assert "holds a private key block" in str(error)
+
+
+def test_crl_block_hidden_the_same_way_from_the_attackers_root_is_refused(
+    demo_pki: Path, tmp_path: Path
+) -> None:
+    content = (demo_pki / "crl.pem").read_bytes() + hidden(crl_pem(attacker_root()))
+    error = load_with_crl_file(demo_pki, tmp_path, content)
+    assert "not signed by a CA of this chain (issuer 'CN=Attacker Root CA,O=Example')" in str(error)
+
+
+def test_crl_signed_by_a_leaf_is_refused(demo_pki: Path, tmp_path: Path) -> None:
+    # The server's own certificate has a key and a subject, but is no CA.
+    error = load_with_crl_file(demo_pki, tmp_path, crl_pem(load_issued(demo_pki, "userservice")))
+    assert "not signed by a CA of this chain (issuer 'CN=userservice.internal" in str(error)
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (b"-----BEGIN X509 CRL-----\n!!not base64!!\n-----END X509 CRL-----\n", "cannot be read"),
+        (b"-----BEGIN X509 CRL-----\nMAMCAQE=\n-----END X509 CRL-----\n", "cannot be read"),
+        (b"-----BEGIN X509 CRL-----\nMAMCAQE=\n", "block with no END line"),
+        (b"\x30\x82\x01\x00 DER, not PEM", "not a PEM CRL"),
+    ],
+)
+def test_a_crl_that_cannot_be_fully_read_is_a_problem_not_an_exception(
+    demo_pki: Path, tmp_path: Path, content: bytes, reason: str
+) -> None:
+    assert reason in str(load_with_crl_file(demo_pki, tmp_path, content))
+
+
+def test_text_outside_the_crl_blocks_is_refused(demo_pki: Path, tmp_path: Path) -> None:
+    content = b"Certificate Revocation List:\n" + (demo_pki / "crl.pem").read_bytes()
+    error = load_with_crl_file(demo_pki, tmp_path, content)
+    assert "crl.pem, line 1: text outside the PEM blocks" in str(error)
+
+
+def test_crl_blocks_with_trailing_whitespace_and_crlf_are_read_like_openssl(
+    demo_pki: Path, tmp_path: Path
+) -> None:
+    homepage = x509.load_pem_x509_certificate((demo_pki / "homepage.crt").read_bytes())
+    revoked = authority.RevokedEntry(serial=homepage.serial_number, revoked_at=NOW)
+    newer = authority.build_crl(load_issued(demo_pki, "global"), [revoked], number=2)
+    crl_file = tmp_path / "crl.pem"
+    crl_file.write_bytes(
+        b"\n"
+        + (demo_pki / "crl.pem").read_bytes().replace(b"\n", b"\r\n")
+        + hidden(newer.public_bytes(serialization.Encoding.PEM))
+    )
+    state = load_tls_state(userservice_settings(demo_pki, MTLS_CRLFILE=str(crl_file)))
+    assert homepage.serial_number in state.revoked_serials
+    assert state.context.cert_store_stats() == {"x509": 1, "crl": 2, "x509_ca": 1}
+    root = x509.load_pem_x509_certificate((demo_pki / "root.crt").read_bytes())
+    assert state.context.get_ca_certs(binary_form=True) == [
+        root.public_bytes(serialization.Encoding.DER)
+    ]
+
+
+def test_trust_store_with_anything_beyond_the_bundle_is_refused(demo_pki: Path) -> None:
+    settings = userservice_settings(demo_pki, MTLS_CRLFILE=str(demo_pki / "crl.pem"))
+    raw = {p: p.read_bytes() for p in settings.files}
+    files = check_files(settings, raw, NOW)
+    ctx = build_server_context(settings, files)
+    check_trust_store(settings, ctx, files)  # as built: exactly the bundle and the CRL
+    evil = attacker_root()
+    ctx.load_verify_locations(cadata=evil.cert.public_bytes(serialization.Encoding.DER))
+    with pytest.raises(CertificateFileError, match="refusing a trust store that differs"):
+        check_trust_store(settings, ctx, files)
+    with private_file(crl_pem(evil), "crl") as path:
+        ctx.load_verify_locations(cafile=path)
+    with pytest.raises(CertificateFileError, match="2 CRLs, not the 1 validated from"):
+        check_trust_store(settings, ctx, files)
+
+
+@pytest.mark.parametrize("memfd", [True, False])
+def test_private_file_is_readable_by_path_and_gone_afterwards(memfd: bool) -> None:
+    with private_file(b"secret", "key", memfd=memfd) as path:
+        assert Path(path).read_bytes() == b"secret"
+        if not memfd:
+            assert Path(path).stat().st_mode & 0o777 == 0o600
+            assert Path(path).parent.stat().st_mode & 0o777 == 0o700
+    assert not Path(path).exists()
+
+
+def crl_state(pki: Path, directory: Path, **kwargs: object) -> TlsState:
+    crl_file = directory / "crl.pem"
+    crl_file.write_bytes(crl_pem(load_issued(pki, "global"), **kwargs))
+    return load_tls_state(userservice_settings(pki, MTLS_CRLFILE=str(crl_file)))
+
+
+def test_an_older_crl_is_refused_on_reload(demo_pki: Path, tmp_path: Path) -> None:
+    newer = crl_state(demo_pki, tmp_path, number=5)
+    crl_file = tmp_path / "crl.pem"
+    crl_file.write_bytes(crl_pem(load_issued(demo_pki, "global"), number=4))
+    settings = userservice_settings(demo_pki, MTLS_CRLFILE=str(crl_file))
+    with pytest.raises(CertificateFileError) as e:
+        load_tls_state(settings, previous=newer)
+    message = str(e.value)
+    assert f"{crl_file}: the CRL from 'CN=Example Global CA,O=Example' (CRL number 4, " in message
+    assert "is older than the one in use (CRL number 5, thisUpdate " in str(e.value)
+    assert "refused; run `pki crl --dir DIR` to write a current one" in str(e.value)
+    load_tls_state(settings)  # a restart has nothing to compare with
+
+
+def test_same_or_newer_crl_is_accepted_on_reload(demo_pki: Path, tmp_path: Path) -> None:
+    same = crl_state(demo_pki, tmp_path)
+    settings = same.settings
+    assert load_tls_state(settings, previous=same).crls == same.crls
+    crl_file = tmp_path / "b.pem"
+    crl_file.write_bytes(crl_pem(load_issued(demo_pki, "global"), number=2))
+    newer = load_tls_state(
+        userservice_settings(demo_pki, MTLS_CRLFILE=str(crl_file)), previous=same
+    )
+    assert newer.crls[0].number == 2
+
+
+def info(number: int | None, hours_ago: int, name: str = "Global") -> CrlInfo:
+    issuer = authority.make_name(name)
+    moment = NOW - datetime.timedelta(hours=hours_ago)
+    return CrlInfo(issuer, name, number, moment)
+
+
+@pytest.mark.parametrize(
+    ("loaded", "candidate", "refused"),
+    [
+        ([info(3, 0)], [info(2, 0)], True),  # lower number, even if issued later
+        ([info(3, 5)], [info(2, 0)], True),
+        ([info(3, 0)], [info(3, 5)], False),  # equal number: the same CRL
+        ([info(3, 0)], [info(4, 5)], False),
+        ([info(None, 0)], [info(None, 1)], True),  # no numbers: thisUpdate decides
+        ([info(None, 1)], [info(None, 1)], False),
+        ([info(None, 1)], [info(None, 0)], False),
+        ([info(3, 0)], [info(None, 1)], True),  # one without a number: thisUpdate
+        ([info(3, 0)], [info(1, 0, "Other")], False),  # another issuer: nothing to compare
+        ([info(1, 9), info(3, 0)], [info(2, 0), info(3, 0)], False),  # newest of each set
+        ([info(1, 9), info(3, 0)], [info(2, 0)], True),
+    ],
+)
+def test_crl_freshness_compares_the_newest_per_issuer(
+    loaded: list[CrlInfo], candidate: list[CrlInfo], refused: bool
+) -> None:
+    problems = refuse_older_crls(Path("crl.pem"), loaded, candidate)
+    assert bool(problems) is refused
+    assert all(p.startswith("crl.pem: the CRL from ") for p in problems)
