@@ -159,8 +159,9 @@ def test_a_worker_killed_mid_request_is_replaced_and_the_other_keeps_serving(
             victim_conn.request("GET", "/slow?s=20")
             server.wait_for_log(slow_request_started(victim))
             os.kill(victim, signal.SIGKILL)
-            with pytest.raises((http.client.HTTPException, OSError)):
+            with pytest.raises((http.client.HTTPException, OSError)) as died:
                 victim_conn.getresponse().read()  # the request died with its worker
+            assert not isinstance(died.value, TimeoutError), "the victim was not killed"
         finally:
             victim_conn.close()
         (survivor,) = before - {victim}
@@ -217,6 +218,7 @@ class HomePageLoad:
         self.phase = "up"
         self.counts: collections.Counter[tuple[str, int]] = collections.Counter()
         self.bad: list[str] = []
+        self.sample: dict[int, str] = {}  # the first page seen for each status
         self.lock = threading.Lock()
         self.stop = threading.Event()
         self.threads = [threading.Thread(target=self._loop) for _ in range(threads)]
@@ -237,6 +239,7 @@ class HomePageLoad:
             problem = self._problem(status, body.decode(errors="replace"))
             with self.lock:
                 self.counts[phase, status] += 1
+                self.sample.setdefault(status, body.decode(errors="replace"))
                 if problem:
                     self.bad.append(f"{phase}: {problem}")
 
@@ -316,6 +319,7 @@ def test_the_home_page_says_503_while_the_user_service_restarts_and_recovers_by_
     assert load.bad == [], f"{summary}\n" + "\n".join(load.bad[:20])
     statuses = {status for _, status in load.counts}
     assert statuses <= {200, 502, 503}, summary
+    assert f"The User Service is not reachable at https://localhost:{user_port}" in load.sample[503]
     log = home.log()
     assert "Traceback" not in log, log[-3000:]
     assert '" 500 ' not in log
