@@ -392,15 +392,23 @@ def test_one_keep_alive_connection_soaked_leaks_no_fd_and_little_memory(
 def test_many_short_connections_leave_no_fd_behind(lone_worker: LoneWorker, demo_pki: Path) -> None:
     pid = lone_worker.pid
     ctx = client_context(demo_pki, "homepage")
+    anonymous = client_context(demo_pki, None)  # no client certificate: refused at handshake
+    tally: collections.Counter[str] = collections.Counter()
 
     def one_connection(n: int) -> None:
-        conn = LoopbackHTTPS(lone_worker.server, ctx)
+        """Every 5th is refused; of the others, half ask the server to close, half hang up."""
+        conn = LoopbackHTTPS(lone_worker.server, anonymous if n % 5 == 4 else ctx)
         try:
-            # Half ask the server to close; half just hang up on a kept-alive one.
+            if n % 5 == 4:
+                with pytest.raises((ssl.SSLError, OSError, http.client.HTTPException)):
+                    fetch(conn, lone_worker.path)
+                tally["refused as expected"] += 1
+                return
             status, body, _ = fetch(
                 conn, lone_worker.path, {"Connection": "close"} if n % 2 else {}
             )
             assert status == 200, (n, status, body[:300])
+            tally["served"] += 1
         finally:
             conn.close()
 
@@ -409,17 +417,18 @@ def test_many_short_connections_leave_no_fd_behind(lone_worker: LoneWorker, demo
     baseline = settled_fds(pid)
     warm = usage(pid)
     deadline = time.monotonic() + SOAK_SECONDS
-    served = 0
-    while served < RECONNECTS and time.monotonic() < deadline:
-        one_connection(served)
-        served += 1
+    tried = 0
+    while tried < RECONNECTS and time.monotonic() < deadline:
+        one_connection(tried)
+        tried += 1
     end = usage(pid)
     after = settled_fds(pid, at_most=baseline + FD_SLACK)
     counts = (
-        f"connections={served} errors=0, fds baseline={baseline} right after={end.fds} "
-        f"settled={after}, rss warm={warm.rss_kib} KiB end={end.rss_kib} KiB"
+        f"connections={tried + 50} {dict(tally)} errors=0, fds baseline={baseline} "
+        f"right after={end.fds} settled={after}, rss warm={warm.rss_kib} KiB end={end.rss_kib} KiB"
     )
     print(f"reconnect soak of {lone_worker.path}: {counts}")
-    assert served > 0, counts
+    assert tried > 0, counts
+    lone_worker.server.wait_for_log("reason=no client certificate")
     assert abs(after - baseline) <= FD_SLACK, counts
     assert end.rss_kib - warm.rss_kib < RSS_GROWTH_BOUND_KIB, counts
