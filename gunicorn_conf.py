@@ -1,6 +1,6 @@
 """One gunicorn config for both services, driven by the MTLS_* env vars (SPEC).
 
-Glue only: the logic lives in mtls.hooks, mtls.context and mtls.worker.
+Glue only: the logic lives in mtls.hooks, mtls.serverstate and mtls.worker.
 Start with e.g.
     gunicorn -c gunicorn_conf.py --bind 127.0.0.1:8443 wsgi:userservice
 Bind, workers and threads are gunicorn's own options (command line or

@@ -11,11 +11,9 @@ same re-encrypted bytes for the duration of the load and is then removed.
 
 from __future__ import annotations
 
-import os
 import re
 import secrets
 import ssl
-import tempfile
 from pathlib import Path
 
 from cryptography import x509
@@ -23,6 +21,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
 
 from mtls.errors import CertificateFileError
+from mtls.privatefile import private_file
+from mtls.tls import new_client_context
 
 _FIX = "run `make demo` (or `pki demo --dir pki/out`), or point the setting at your own file"
 _KEY_FIX = "give the key written with that certificate (`pki issue NAME` writes NAME.key)"
@@ -41,11 +41,7 @@ def build_client_context(
     or ValueError gets out of here.
     """
     _check_readable([p for p in (cert, key, ca_certs) if p is not None])
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED + check_hostname
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    # Our CA issues RFC 5280-clean certificates; refuse sloppy ones (the
-    # default of Python 3.13's create_default_context).
-    context.verify_flags |= ssl.VERIFY_X509_STRICT
+    context = new_client_context()  # the options, with their reasons: mtls.tls
     try:
         context.load_verify_locations(cafile=str(ca_certs))  # no load_default_certs(): root only
     except ssl.SSLError as exc:
@@ -172,7 +168,9 @@ def _load_pkcs12(context: ssl.SSLContext, path: Path, password: bytes | None) ->
         serialization.BestAvailableEncryption(one_time),
     )
     try:
-        _load_from_memory(context, pem, one_time)
+        # The key stays encrypted under a one-time password on its way to OpenSSL.
+        with private_file(pem, "client-identity") as loadable:
+            context.load_cert_chain(loadable, password=one_time)
     except ssl.SSLError as exc:
         raise CertificateFileError(
             f"{path}: OpenSSL cannot use its key and certificate ({exc.reason or exc})",
@@ -185,37 +183,3 @@ def _load_pkcs12(context: ssl.SSLContext, path: Path, password: bytes | None) ->
             files=[path],
         ) from exc
     return leaf
-
-
-def _load_from_memory(context: ssl.SSLContext, pem: bytes, password: bytes) -> None:
-    """load_cert_chain() from bytes: an anonymous memory file, else a short-lived temp file."""
-    memfd_create = getattr(os, "memfd_create", None)
-    fd = -1
-    if memfd_create is not None and os.path.isdir("/proc/self/fd"):
-        try:
-            fd = memfd_create("mtls-client-identity", os.MFD_CLOEXEC)
-        except OSError:  # e.g. ENOSYS under a seccomp filter: use the temp file
-            fd = -1
-    if fd >= 0:
-        try:
-            _write_all(fd, pem)
-            context.load_cert_chain(f"/proc/self/fd/{fd}", password=password)
-        finally:
-            os.close(fd)
-        return
-    fd, name = tempfile.mkstemp(prefix="mtls-identity-", suffix=".pem")  # mode 0600
-    try:
-        _write_all(fd, pem)
-        os.close(fd)
-        fd = -1
-        context.load_cert_chain(name, password=password)
-    finally:
-        if fd >= 0:
-            os.close(fd)
-        os.unlink(name)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]

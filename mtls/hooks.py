@@ -18,8 +18,8 @@ import signal
 import threading
 from typing import Any
 
-from mtls.context import TlsState, files_fingerprint, load_tls_state
 from mtls.errors import MtlsError
+from mtls.serverstate import TlsState, files_fingerprint, load_tls_state
 from mtls.settings import ServerSettings
 from mtls.worker import MtlsWorker
 

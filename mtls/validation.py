@@ -2,7 +2,7 @@
 
 Pure: given the files' contents and the time, return what they hold and every
 problem found, each naming the file, the reason and the fix, so an operator
-fixes a deployment in one round trip. mtls.context does the reading and builds
+fixes a deployment in one round trip. mtls.serverstate does the reading and builds
 the SSLContext from exactly the bytes checked here.
 
 What is deliberately NOT checked: the server's own revocation status, OCSP,
@@ -108,7 +108,7 @@ def _crls(
     """Every CRL in the file, and nothing else (see mtls.revocation).
 
     ssl's load_verify_locations() trusts any certificate it finds in a CRL
-    file as a CA; mtls.context never hands it this file, only the CRLs parsed
+    file as a CA; mtls.serverstate never hands it this file, only the CRLs parsed
     here, re-serialised. A file with anything else in it is refused all the
     same: it is either a mistake or an attack, and either way worth saying.
     """

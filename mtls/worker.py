@@ -38,13 +38,13 @@ from typing import Any, Literal
 from gunicorn import http, util
 from gunicorn.workers.gthread import STOP_KEEPALIVE_LINGER, TConn, ThreadWorker
 
-from mtls.context import TlsState
 from mtls.errors import ConfigError, ProxyHeaderError
 from mtls.failures import describe_handshake_error
 from mtls.identity import PEER_ENVIRON_KEY, PeerIdentity, build_tls_environ, peer_from_der
 from mtls.linger import Lingerer
 from mtls.proxyproto import Incomplete, looks_like_proxy_header, parse_proxy_header
 from mtls.requesthead import head_limit, ready_for_thread
+from mtls.serverstate import TlsState
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 

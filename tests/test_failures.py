@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from mtls.context import build_server_context
 from mtls.failures import describe_handshake_error
+from mtls.serverstate import build_server_context
 from mtls.settings import ServerSettings
 from pki import authority
 from pki import cli as pki_cli

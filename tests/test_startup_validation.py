@@ -14,15 +14,15 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from mtls.context import (
+from mtls.errors import CertificateFileError, ConfigError
+from mtls.privatefile import private_file
+from mtls.revocation import CrlInfo, refuse_older_crls
+from mtls.serverstate import (
     TlsState,
     build_server_context,
     check_trust_store,
     load_tls_state,
-    private_file,
 )
-from mtls.errors import CertificateFileError, ConfigError
-from mtls.revocation import CrlInfo, refuse_older_crls
 from mtls.settings import ServerSettings
 from mtls.validation import check_files
 from pki import authority

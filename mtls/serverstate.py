@@ -1,4 +1,7 @@
-"""The server's TLS state: validate the files (the seed's ``validateCerts``), build one SSLContext.
+"""The server's TLS state: validated files and the one SSLContext built from them.
+
+The seed's ``validateCerts`` (mtls.validation), then the context's options
+(mtls.tls) and what is loaded into it.
 
 Built once in the gunicorn master and inherited by the forked workers, so
 they share one session-ticket key (resumption works across workers) and no
@@ -17,10 +20,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import hashlib
-import os
-import shutil
 import ssl
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,8 +29,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from mtls.errors import CertificateFileError
+from mtls.privatefile import private_file
 from mtls.revocation import CrlInfo, crl_info, refuse_older_crls
 from mtls.settings import ServerSettings
+from mtls.tls import new_server_context
 from mtls.validation import CheckedFiles, check_files, variable_for
 
 _PEM = serialization.Encoding.PEM
@@ -142,7 +144,7 @@ def _read(settings: ServerSettings) -> tuple[dict[Path, bytes], str, list[str]]:
 def build_server_context(
     settings: ServerSettings, files: CheckedFiles | None = None
 ) -> ssl.SSLContext:
-    """One context with every option carrying its reason, from validated objects only.
+    """The listener's context (options: mtls.tls), loaded from validated objects only.
 
     ``files`` is what mtls.validation parsed and accepted; without it the
     files are read and checked here first (raising CertificateFileError).
@@ -152,13 +154,7 @@ def build_server_context(
     _refuse(files.problems, settings)
     if files.key is None or not files.chain:  # check_files says why as a problem
         raise CertificateFileError(f"{settings.certfile}, {settings.keyfile}: nothing usable")
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = settings.min_version
-    # Seed: allowRenegotiation false. Renegotiation lets a peer restart the
-    # handshake mid-connection (CPU cost, and the old CVE-2009-3555 class).
-    ctx.options |= ssl.OP_NO_RENEGOTIATION | ssl.OP_NO_COMPRESSION
-    ctx.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
-    ctx.set_ciphers(settings.ciphers)  # TLS 1.2 only; 1.3 suites are all AEAD
+    ctx = new_server_context(settings)
     key = files.key.private_bytes(
         _PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
@@ -172,17 +168,12 @@ def build_server_context(
     # certificates only, never a CRL or anything else.
     with _openssl_loading(settings.ca_certs):
         ctx.load_verify_locations(cadata=b"".join(c.public_bytes(_DER) for c in files.bundle))
-    ctx.verify_mode = ssl.CERT_REQUIRED if settings.client_auth == "required" else ssl.CERT_OPTIONAL
-    ctx.verify_flags |= ssl.VERIFY_X509_STRICT
     if settings.crlfile is not None:
         # ssl loads CRLs from a file only; this one holds the validated CRLs
         # and nothing else, whatever the operator's file held besides.
         with _openssl_loading(settings.crlfile), private_file(_pem(files.crls), "crl") as crls:
             ctx.load_verify_locations(cafile=crls)
-        ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
     check_trust_store(settings, ctx, files)
-    ctx.set_alpn_protocols(["http/1.1"])
-    ctx.sni_callback = _remember_sni
     return ctx
 
 
@@ -230,50 +221,6 @@ def _openssl_loading(*paths: Path | None) -> Iterator[None]:
 
 def _pem(objects: list[x509.Certificate] | list[x509.CertificateRevocationList]) -> bytes:
     return b"".join(o.public_bytes(_PEM) for o in objects)
-
-
-@contextlib.contextmanager
-def private_file(data: bytes, name: str, *, memfd: bool = True) -> Iterator[str]:
-    """A path that only this process can open, holding ``data``; gone on exit.
-
-    Linux: a memfd (memfd_create(2)), anonymous memory with no directory
-    entry, opened by OpenSSL through /proc/self/fd/N. Elsewhere, or where a
-    sandbox refuses memfd_create: a 0600 file in a fresh 0700
-    tempfile.mkdtemp() directory, removed as soon as OpenSSL has read it.
-    """
-    fd = _memfd(name) if memfd else None
-    if fd is not None:
-        try:
-            with open(fd, "wb", closefd=False) as f:
-                f.write(data)
-            yield f"/proc/self/fd/{fd}"
-        finally:
-            os.close(fd)
-        return
-    directory = tempfile.mkdtemp(prefix="mtls-")
-    try:
-        path = os.path.join(directory, name)
-        with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as f:
-            f.write(data)
-        yield path
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
-
-
-def _memfd(name: str) -> int | None:
-    if not hasattr(os, "memfd_create") or not os.path.isdir("/proc/self/fd"):
-        return None
-    try:
-        return os.memfd_create(f"mtls-{name}", os.MFD_CLOEXEC)
-    except OSError:
-        return None
-
-
-def _remember_sni(
-    sslobj: ssl.SSLObject | ssl.SSLSocket, name: str | None, _ctx: ssl.SSLContext
-) -> None:
-    # Python exposes the client's SNI only through this callback (for SSL_TLS_SNI).
-    sslobj.mtls_sni = name  # type: ignore[union-attr]
 
 
 def files_fingerprint(settings: ServerSettings) -> tuple[tuple[str, int, int, int], ...]:

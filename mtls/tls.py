@@ -1,0 +1,74 @@
+"""Both TLS contexts, side by side: the listener's and the client session's.
+
+Only the options live here, each with its reason, so that every asymmetry
+between the two sides is a visible choice (urllib3's ``util/ssl_.py`` is the
+model). What each side loads into its context lives with the loading code:
+the server's validated files in mtls.serverstate, the client's identity in
+mtls.credentials.
+
+Option by option, server (listener) / client (session), and why:
+- protocol: TLS_SERVER / TLS_CLIENT (CERT_REQUIRED, check_hostname). The
+  client checks the server's name; the server checks no client name, its
+  policy matches the DN after the handshake.
+- minimum version: MTLS_MIN_VERSION (TLS 1.2) / TLS 1.2. The client talks
+  to our own servers only.
+- client certificate: CERT_REQUIRED, or CERT_OPTIONAL for listeners that
+  browsers use (MTLS_CLIENT_AUTH) / always presented.
+- trust: the private root only on both sides, never load_default_certs().
+- X.509 strictness: VERIFY_X509_STRICT on both: our CA issues RFC
+  5280-clean certificates.
+- CRL: VERIFY_CRL_CHECK_LEAF when MTLS_CRLFILE is set / none: the server
+  is pinned by DN and its certificates are renewed, the client has no CRL
+  setting (a gap worth closing with short-lived server certificates).
+- renegotiation: refused on both (the seed's allowRenegotiation=false).
+- compression: off on both (CRIME); OpenSSL's default, set explicitly.
+- TLS 1.2 ciphers: MTLS_CIPHERS with server preference / OpenSSL's
+  defaults: the server decides, and the client offers every safe suite so
+  that any server profile finds one.
+- ALPN: http/1.1 / left to urllib3 (it offers http/1.1): the worker speaks
+  HTTP/1.1 only, so a client offering h2 must not get it.
+- SNI: read by a callback for SSL_TLS_SNI / sent (the hostname).
+"""
+
+from __future__ import annotations
+
+import ssl
+from typing import Any
+
+from mtls.settings import ServerSettings
+
+
+def new_server_context(settings: ServerSettings) -> ssl.SSLContext:
+    """The listener's context with every option set; no certificate, key or CA loaded yet."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = settings.min_version
+    # Seed: allowRenegotiation false. Renegotiation lets a peer restart the
+    # handshake mid-connection (CPU cost, and the old CVE-2009-3555 class).
+    ctx.options |= ssl.OP_NO_RENEGOTIATION | ssl.OP_NO_COMPRESSION
+    ctx.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
+    ctx.set_ciphers(settings.ciphers)  # TLS 1.2 only; 1.3 suites are all AEAD
+    ctx.verify_mode = ssl.CERT_REQUIRED if settings.client_auth == "required" else ssl.CERT_OPTIONAL
+    ctx.verify_flags |= ssl.VERIFY_X509_STRICT
+    if settings.crlfile is not None:
+        # The leaf only: the intermediate is ours, and a CRL for the root's
+        # own signatures would have to be re-signed by the offline root key.
+        ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
+    ctx.set_alpn_protocols(["http/1.1"])
+    ctx.sni_callback = _remember_sni
+    return ctx
+
+
+def new_client_context() -> ssl.SSLContext:
+    """The client session's context with every option set; no identity or CA loaded yet."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED + check_hostname
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    # Our CA issues RFC 5280-clean certificates; refuse sloppy ones (the
+    # default of Python 3.13's create_default_context).
+    ctx.verify_flags |= ssl.VERIFY_X509_STRICT
+    ctx.options |= ssl.OP_NO_RENEGOTIATION | ssl.OP_NO_COMPRESSION
+    return ctx
+
+
+def _remember_sni(sslobj: Any, name: str | None, _ctx: ssl.SSLContext) -> None:
+    # Python exposes the client's SNI only through this callback (for SSL_TLS_SNI).
+    sslobj.mtls_sni = name
