@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime
 import re
 import shutil
-import stat
 import subprocess
 import sys
 from collections.abc import Callable
@@ -23,6 +22,7 @@ from mtls.identity import format_serial, format_time
 from pki import authority, cli, store
 from pki.authority import Issued
 from pki.errors import StoreError
+from tests.pki_checks import mode, refused, snapshot
 
 NOW = datetime.datetime.now(datetime.UTC)
 DAY = datetime.timedelta(days=1)
@@ -52,28 +52,8 @@ def ca(ca_template: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(ca_template, tmp_path / "ca"))
 
 
-def snapshot(d: Path) -> dict[str, tuple[int, bytes]]:
-    if not d.exists():
-        return {}
-    return {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in d.iterdir() if p.is_file()}
-
-
-def refused(result: tuple[int, str, str], message: str) -> None:
-    code, out, err = result
-    assert code == 2
-    assert out == ""
-    assert err.count("\n") == 1, f"expected one line, got {err!r}"
-    assert err.startswith("pki: ")
-    assert "Traceback" not in err
-    assert re.search(message, err), err
-
-
 def load(d: Path, name: str) -> Issued:
     return store.load_issued(d / f"{name}-chain.crt", d / f"{name}.key", fix="")
-
-
-def mode(path: Path) -> int:
-    return stat.S_IMODE(path.stat().st_mode)
 
 
 # --- init -------------------------------------------------------------------------------------
