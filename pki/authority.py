@@ -21,35 +21,26 @@ from typing import Literal
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from pki import names
-from pki.errors import InvalidNameError, KeyTypeError, PasswordError, ValidityError
+from pki.errors import InvalidNameError, PasswordError, ValidityError
+from pki.keys import (
+    KeyType,
+    PrivateKey,
+    PublicKey,
+    generate_ca_key,
+    generate_key,
+)
 from pki.lifetime import format_duration, largest_flag
 
-KeyType = Literal["ec", "rsa", "ed25519"]
 Profile = Literal["server", "client", "both"]
-PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
-PublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey | ed25519.Ed25519PublicKey
-#: What a CA may sign with. Not Ed25519: cryptography's verifier, which `pki verify`
-#: and our servers' start-up checks use, refuses a chain whose CA has an Ed25519
-#: key ("Forbidden public key algorithm"), though OpenSSL accepts it. Ed25519
-#: leaves under an EC or RSA CA pass every consumer (tests/test_pki_lifecycle.py).
-CaKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
-ED25519_CA_REFUSED = (
-    "an Ed25519 CA is refused: cryptography's verifier (used by `pki verify` and the "
-    "servers' start-up checks) forbids Ed25519 keys on CA certificates; use --key-type "
-    "ec or rsa for the CA (Ed25519 leaves under it work with curl, openssl and Python's ssl)"
-)
-#: Leaf public keys we sign, from `pki issue` or a CSR: what strict verifiers accept.
-EC_CURVES = (ec.SECP256R1, ec.SECP384R1, ec.SECP521R1)
 
 #: Certificates start this long before "now" so a peer whose clock is a
 #: little behind does not see them as not yet valid.
 CLOCK_SKEW = datetime.timedelta(minutes=5)
-RSA_BITS = (2048, 3072, 4096)
 
 #: CRL reason names as RFC 5280 and OpenSSL spell them. ``unspecified`` maps
 #: to None: RFC 5280 5.3.1 says to omit the reasonCode rather than send it.
@@ -127,44 +118,6 @@ def make_name(
         return x509.Name([x509.NameAttribute(oid, v) for oid, v in attrs if v is not None])
     except ValueError as exc:
         raise InvalidNameError(f"subject name for {cn!r} is not valid: {exc}") from None
-
-
-def generate_key(key_type: KeyType = "ec", rsa_bits: int = 2048) -> PrivateKey:
-    """P-256 by default: the fastest handshakes, and accepted everywhere we care about."""
-    if key_type == "ec":
-        return ec.generate_private_key(ec.SECP256R1())
-    if key_type == "ed25519":
-        return ed25519.Ed25519PrivateKey.generate()
-    if key_type == "rsa" and rsa_bits in RSA_BITS:
-        return rsa.generate_private_key(public_exponent=65537, key_size=rsa_bits)
-    raise KeyTypeError(f"key type {key_type!r} with {rsa_bits} bits is not supported")
-
-
-def generate_ca_key(key_type: KeyType = "ec", rsa_bits: int = 2048) -> CaKey:
-    key = generate_key(key_type, rsa_bits)
-    if not isinstance(key, CaKey):
-        raise KeyTypeError(ED25519_CA_REFUSED)
-    return key
-
-
-def check_leaf_key(public: object, *, source: str) -> PublicKey:
-    """Refuse a key strict peers would refuse (small RSA, odd curves, DSA) before signing it."""
-    if isinstance(public, ed25519.Ed25519PublicKey):
-        return public
-    if isinstance(public, ec.EllipticCurvePublicKey):
-        if isinstance(public.curve, EC_CURVES):
-            return public
-        what = f"an EC key on {public.curve.name}"
-    elif isinstance(public, rsa.RSAPublicKey):
-        if 2048 <= public.key_size <= 8192:
-            return public
-        what = f"a {public.key_size}-bit RSA key"
-    else:
-        what = f"a {type(public).__name__.removeprefix('_')}"
-    raise KeyTypeError(
-        f"{source} holds {what}; pki signs EC (P-256, P-384, P-521), RSA (2048-8192 bits) "
-        "and Ed25519 keys: make a new key of one of those"
-    )
 
 
 def build_root(

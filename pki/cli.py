@@ -21,8 +21,11 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
+from cryptography import x509
+
 from mtls.identity import format_dn
 from pki import authority, csr, demo, directory, lifecycle, listing, store, verify
+from pki import inspect as inspect_
 from pki.errors import (
     CertificateRefused,
     PasswordError,
@@ -31,33 +34,12 @@ from pki.errors import (
     UsageError,
     ValidityError,
 )
-from pki.inspect import describe_file, inspect_file
 from pki.lifetime import parse_duration
 
 Command = Callable[[argparse.Namespace, Mapping[str, str], TextIO], int]
 PASSWORD_ENV = "PKI_P12_PASSWORD"  # noqa: S105 (the variable's name, not a password)
 DISTRIBUTION = "internal-mtls"
 LEAF_DAYS = 365
-INSPECT_JSON_HELP = """\
---json prints one object. Every kind has "file" and "type" (certificate, crl, csr).
-  certificate: subject, issuer, serial, not_before, not_after (ISO 8601, UTC),
-    seconds_left (negative once expired), key, ca, key_usage, eku, san, crl_dp
-    (lists), sha256, policy_regex, chain (the other certificates of the file:
-    subject, issuer, ca, not_after)
-  crl: issuer, crl_number, this_update, next_update, out_of_date, revoked
-    (list of serial, at, reason)
-  csr: subject, san, key, signature_valid, extensions (what it asks for; `pki
-    sign` takes only CN, OU and the SANs)
-Keys may be added in later versions; none is renamed or removed."""
-VERIFY_JSON_HELP = """\
---json prints one object: cert, purpose, accepted (true/false), subject, chain
-(subject DNs, leaf first), checks (what passed), reason (why refused, or null),
-revocation_checked. The exit status is the same as without --json."""
-LIST_JSON_HELP = """\
---json prints {"certificates": [...]}, one object per certificate in the index
-by name then issue date: name, serial (as SSL_CLIENT_M_SERIAL spells it),
-subject, not_after (ISO 8601, UTC), seconds_left (negative once expired),
-time_left (as the table shows it), revoked (null, or {"at": ..., "reason": ...})."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -174,9 +156,9 @@ def _demo(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> int:
 
 def _inspect(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> int:
     if args.json:
-        print(json.dumps(inspect_file(args.file), indent=2), file=out)
+        print(json.dumps(inspect_.inspect_file(args.file), indent=2), file=out)
     else:
-        print(describe_file(args.file), file=out)
+        print(inspect_.describe_file(args.file), file=out)
     return 0
 
 
@@ -229,12 +211,12 @@ def _verify(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> in
 
 def _verdict(
     args: argparse.Namespace,
-    leaf: Any,
+    leaf: x509.Certificate,
     verdict: verify.Verdict | None,
     reason: str | None,
     crl_checked: bool,
 ) -> dict[str, Any]:
-    """`pki verify --json`; the keys are listed in VERIFY_JSON_HELP, keep the two in step."""
+    """`pki verify --json`; the keys are listed in verify.JSON_HELP, keep the two in step."""
     return {
         "cert": str(args.cert),
         "purpose": args.purpose,
@@ -418,7 +400,7 @@ def _parser() -> argparse.ArgumentParser:
     renew.add_argument("--password-file", type=Path, metavar="FILE", help="NAME.p12's password")
 
     list_ = command("list", _list, "every certificate in the index: expiry, time left, revoked",
-                    epilog=LIST_JSON_HELP)  # fmt: skip
+                    epilog=listing.JSON_HELP)  # fmt: skip
     ca_dir(list_)
     list_.add_argument("--json", action="store_true", help="machine-readable, see below")
 
@@ -434,12 +416,12 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     inspect = command("inspect", _inspect, "show a certificate, chain file, CSR or CRL",
-                      epilog=INSPECT_JSON_HELP)  # fmt: skip
+                      epilog=inspect_.JSON_HELP)  # fmt: skip
     inspect.add_argument("file", type=Path, metavar="FILE")
     inspect.add_argument("--json", action="store_true", help="machine-readable, see below")
 
     check = command("verify", _verify, "would our servers accept this certificate, and why not",
-                    epilog=VERIFY_JSON_HELP)  # fmt: skip
+                    epilog=verify.JSON_HELP)  # fmt: skip
     check.add_argument("cert", type=Path, metavar="CERT", help="leaf or chain file")
     ca_dir(check, required=False)
     check.add_argument("--ca", type=Path, help="trusted root(s) (default DIR/root.crt)")

@@ -28,8 +28,8 @@ from cryptography.x509.oid import NameOID
 
 from mtls.identity import format_dn
 from pki import names
-from pki.authority import PublicKey, check_leaf_key
 from pki.errors import InvalidCsrError, InvalidNameError
+from pki.keys import PublicKey, check_leaf_key
 
 #: The SAN types `pki issue` makes, by the flag that makes them.
 _SAN_FLAGS: dict[type[x509.GeneralName], str] = {

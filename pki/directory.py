@@ -18,10 +18,11 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from mtls.identity import format_serial
-from pki import authority, names, store
-from pki.authority import Issued, KeyType, Profile
+from pki import authority, keys, names, store
+from pki.authority import Issued, Profile
 from pki.errors import InvalidNameError, StoreError
 from pki.index import Index, dump_index, entry_for
+from pki.keys import KeyType
 
 CA_FILES = ("root.crt", "root.key", "global.crt", "global.key")
 #: Names whose files would overwrite the CA's own.
@@ -51,8 +52,8 @@ class CaDir:
             )
         fix = f"restore it from a backup, or start over with `pki init --dir {self.path} --force`"
         issued = store.load_issued(self / "global.crt", self / "global.key", fix=fix)
-        if not isinstance(issued.key, authority.CaKey):
-            raise StoreError(f"{self / 'global.key'}: {authority.ED25519_CA_REFUSED}")
+        if not isinstance(issued.key, keys.CaKey):
+            raise StoreError(f"{self / 'global.key'}: {keys.ED25519_CA_REFUSED}")
         return issued
 
     def load_index(self) -> Index:

@@ -54,6 +54,19 @@ _USAGE_NAMES = {
     "crl_sign": "cRLSign",
 }
 
+#: The ``--json`` section of the command's help: every key, documented once.
+JSON_HELP = """\
+--json prints one object. Every kind has "file" and "type" (certificate, crl, csr).
+  certificate: subject, issuer, serial, not_before, not_after (ISO 8601, UTC),
+    seconds_left (negative once expired), key, ca, key_usage, eku, san, crl_dp
+    (lists), sha256, policy_regex, chain (the other certificates of the file:
+    subject, issuer, ca, not_after)
+  crl: issuer, crl_number, this_update, next_update, out_of_date, revoked
+    (list of serial, at, reason)
+  csr: subject, san, key, signature_valid, extensions (what it asks for; `pki
+    sign` takes only CN, OU and the SANs)
+Keys may be added in later versions; none is renamed or removed."""
+
 
 def eku_name(oid: x509.ObjectIdentifier) -> str:
     return _EKU_NAMES.get(oid, oid.dotted_string)

@@ -24,8 +24,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 
 from mtls.identity import format_dn, format_serial
-from pki import authority, csr, names, store
-from pki.authority import Issued, KeyType, PublicKey, Window
+from pki import authority, csr, keys, names, store
+from pki.authority import Issued, Window
 from pki.directory import RESERVED, CaDir, LeafRequest, add_cert, add_crl, ca_org, leaf_files
 from pki.errors import (
     InvalidCsrError,
@@ -36,6 +36,7 @@ from pki.errors import (
     UnknownCertificateError,
 )
 from pki.index import dump_index, entry_for
+from pki.keys import KeyType, PrivateKey, PublicKey
 from pki.lifetime import format_duration
 
 
@@ -211,7 +212,7 @@ def _current(ca: CaDir, name: str, global_ca: Issued) -> x509.Certificate:
     return cert
 
 
-def _key(ca: CaDir, name: str, old: x509.Certificate, new_key: bool) -> authority.PrivateKey | None:
+def _key(ca: CaDir, name: str, old: x509.Certificate, new_key: bool) -> PrivateKey | None:
     """The key the renewed certificate certifies: NAME.key, a new one, or None (CSR-signed)."""
     path = ca / leaf_files(name)[0]
     if not path.exists():
@@ -223,7 +224,7 @@ def _key(ca: CaDir, name: str, old: x509.Certificate, new_key: bool) -> authorit
         return None
     if new_key:
         key_type, bits = _key_type(old)
-        return authority.generate_key(key_type, bits)
+        return keys.generate_key(key_type, bits)
     key = store.load_key(path)
     if key.public_key() != old.public_key():
         raise StoreError(
@@ -247,7 +248,7 @@ def _key_type(cert: x509.Certificate) -> tuple[KeyType, int]:
 
 
 def _leaf_key(cert: x509.Certificate, path: Path) -> PublicKey:
-    return authority.check_leaf_key(cert.public_key(), source=str(path))
+    return keys.check_leaf_key(cert.public_key(), source=str(path))
 
 
 def _check_p12_password(path: Path, password: bytes | None) -> None:

@@ -19,6 +19,13 @@ from pki.lifetime import time_left
 #: Documented in `pki list --help`; keep the two in step.
 JSON_KEYS = ("name", "serial", "subject", "not_after", "seconds_left", "time_left", "revoked")
 
+#: The ``--json`` section of the command's help: every key, documented once.
+JSON_HELP = """\
+--json prints {"certificates": [...]}, one object per certificate in the index
+by name then issue date: name, serial (as SSL_CLIENT_M_SERIAL spells it),
+subject, not_after (ISO 8601, UTC), seconds_left (negative once expired),
+time_left (as the table shows it), revoked (null, or {"at": ..., "reason": ...})."""
+
 
 def rows(index: Index, now: datetime.datetime) -> list[dict[str, Any]]:
     """One dict per certificate, by name then issue date: the JSON objects of `pki list --json`."""

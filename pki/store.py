@@ -20,9 +20,10 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
-from pki.authority import Issued, PrivateKey
+from pki.authority import Issued
 from pki.errors import StoreError
 from pki.index import Index, dump_index, parse_index
+from pki.keys import PrivateKey
 
 KEY_MODE = 0o600
 PUBLIC_MODE = 0o644
