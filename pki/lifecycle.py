@@ -271,7 +271,7 @@ def _check_p12_password(path: Path, password: bytes | None) -> None:
 def _old_lifetime(cert: x509.Certificate) -> datetime.timedelta:
     """What the replaced certificate was issued for: its window minus the back-dating."""
     span = cert.not_valid_after_utc - cert.not_valid_before_utc
-    return span - authority.CLOCK_SKEW if span > 2 * authority.CLOCK_SKEW else span
+    return span - authority.CLOCK_SKEW if span > authority.CLOCK_SKEW else span
 
 
 def _when(moment: datetime.datetime) -> str:

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
 
 from mtls.identity import format_serial
-from pki import cli, listing, store
+from pki import cli, directory, lifecycle, listing, store
 from pki.lifetime import format_duration, parse_duration
 from tests.pki_checks import mode, refused, snapshot
 
@@ -392,6 +392,17 @@ def test_renew_keeps_subject_sans_profile_key_and_lifetime(run: Run, ca: Path) -
     assert f"the old serial {format_serial(old.serial_number)} stays valid until" in out
     listed = json.loads(run("list", "--dir", ca, "--json")[1])["certificates"]
     assert [r["serial"] for r in listed] == [format_serial(c.serial_number) for c in (old, new)]
+
+
+def test_renew_through_the_library_keeps_a_compressed_one_minute_lifetime(ca: Path) -> None:
+    """The 5-minute floor is the command line's; tests that compress time renew 60 s certs."""
+    minute = datetime.timedelta(seconds=60)
+    directory.plan_issue(
+        directory.CaDir(ca), directory.LeafRequest("fast", "client", valid=minute)
+    ).commit()
+    for _ in range(2):
+        lifecycle.plan_renew(directory.CaDir(ca), lifecycle.Renewal("fast")).commit()
+        assert lifetime(cert(ca, "fast")) == minute
 
 
 def test_renew_new_key_and_revoke_old(run: Run, ca: Path) -> None:
