@@ -156,7 +156,7 @@ def _demo(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> int:
 
 def _inspect(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> int:
     if args.json:
-        print(json.dumps(inspect_.inspect_file(args.file), indent=2), file=out)
+        _print_json(out, inspect_.inspect_file(args.file))
     else:
         print(inspect_.describe_file(args.file), file=out)
     return 0
