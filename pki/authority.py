@@ -21,21 +21,26 @@ from typing import Literal
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from pki import names
 from pki.errors import InvalidNameError, PasswordError, ValidityError
+from pki.keys import (
+    KeyType,
+    PrivateKey,
+    PublicKey,
+    generate_ca_key,
+    generate_key,
+)
+from pki.lifetime import format_duration, largest_flag
 
-KeyType = Literal["ec", "rsa"]
 Profile = Literal["server", "client", "both"]
-PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 
 #: Certificates start this long before "now" so a peer whose clock is a
 #: little behind does not see them as not yet valid.
 CLOCK_SKEW = datetime.timedelta(minutes=5)
-RSA_BITS = (2048, 3072, 4096)
 
 #: CRL reason names as RFC 5280 and OpenSSL spell them. ``unspecified`` maps
 #: to None: RFC 5280 5.3.1 says to omit the reasonCode rather than send it.
@@ -61,7 +66,7 @@ _NO_USAGE = dict.fromkeys(
     ],
     False,
 )
-_EKUS = {
+_EKUS: dict[Profile, list[x509.ObjectIdentifier]] = {
     "server": [ExtendedKeyUsageOID.SERVER_AUTH],
     "client": [ExtendedKeyUsageOID.CLIENT_AUTH],
     "both": [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
@@ -115,27 +120,20 @@ def make_name(
         raise InvalidNameError(f"subject name for {cn!r} is not valid: {exc}") from None
 
 
-def generate_key(key_type: KeyType = "ec", rsa_bits: int = 2048) -> PrivateKey:
-    """P-256 by default: the fastest handshakes, and accepted everywhere we care about."""
-    if key_type == "ec":
-        return ec.generate_private_key(ec.SECP256R1())
-    if key_type == "rsa" and rsa_bits in RSA_BITS:
-        return rsa.generate_private_key(public_exponent=65537, key_size=rsa_bits)
-    raise ValidityError(f"key type {key_type!r} with {rsa_bits} bits is not supported")
-
-
 def build_root(
     *,
     name: x509.Name | None = None,
     key_type: KeyType = "ec",
     now: datetime.datetime | None = None,
     days: int = 3650,
+    valid: datetime.timedelta | None = None,
     rsa_bits: int = 2048,
 ) -> Issued:
-    key = generate_key(key_type, rsa_bits)
+    """A self-signed root; ``valid`` (when given) replaces ``days``, as on every builder."""
+    key = generate_ca_key(key_type, rsa_bits)
     name = name or make_name("Example Root CA")
     start = _moment(now)
-    builder = _base(name, name, key, start - CLOCK_SKEW, start + _days(days))
+    builder = _base(name, name, key, start - CLOCK_SKEW, start + _lifetime(days, valid))
     builder = _ca_extensions(builder, path_length=None)
     aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key())
     cert = builder.add_extension(aki, critical=False).sign(key, hashes.SHA256())
@@ -149,6 +147,7 @@ def build_intermediate(
     key_type: KeyType = "ec",
     now: datetime.datetime | None = None,
     days: int = 1825,
+    valid: datetime.timedelta | None = None,
     crl_url: str | None = None,
     rsa_bits: int = 2048,
 ) -> Issued:
@@ -157,20 +156,20 @@ def build_intermediate(
     ``crl_url`` is where the *root's* CRL would be published; `pki init`
     publishes only the global's CRL and so leaves it out.
     """
-    key = generate_key(key_type, rsa_bits)
+    key = generate_ca_key(key_type, rsa_bits)
     start = _moment(now)
-    not_after = start + _days(days)
-    _check_within(root, not_after, days)
+    lifetime = _lifetime(days, valid)
+    _check_within(root, start, lifetime)
     builder = _base(
         name or make_name("Example Global CA"),
         root.cert.subject,
         key,
         start - CLOCK_SKEW,
-        not_after,
+        start + lifetime,
     )
     builder = _ca_extensions(builder, path_length=0)
     cert = _issuer_extensions(builder, root, crl_url).sign(root.key, hashes.SHA256())
-    return Issued(cert, key, _chain_above(root))
+    return Issued(cert, key, chain_above(root))
 
 
 def build_leaf(
@@ -183,6 +182,7 @@ def build_leaf(
     uris: Sequence[str] = (),
     emails: Sequence[str] = (),
     days: int = 365,
+    valid: datetime.timedelta | None = None,
     key_type: KeyType = "ec",
     now: datetime.datetime | None = None,
     not_before: datetime.datetime | None = None,
@@ -190,30 +190,98 @@ def build_leaf(
     key: PrivateKey | None = None,
     rsa_bits: int = 2048,
 ) -> Issued:
-    """An end-entity certificate for a service, a client, or both.
+    """An end-entity certificate for a service, a client, or both, with a new key by default."""
+    sans = names.subject_alt_names(dns=dns, ips=ips, uris=uris, emails=emails)
+    window = Window.starting(now=now, not_before=not_before, lifetime=_lifetime(days, valid))
+    key = key or generate_key(key_type, rsa_bits)
+    cert = sign_leaf(
+        issuer, key.public_key(), name=name, profile=profile, sans=sans, window=window,
+        crl_url=crl_url,
+    )  # fmt: skip
+    return Issued(cert, key, chain_above(issuer))
 
+
+@dataclass(frozen=True)
+class Window:
+    """A validity period: ``start`` is "now" (or the requested notBefore), before back-dating."""
+
+    start: datetime.datetime
+    lifetime: datetime.timedelta
+    backdated: bool = True
+
+    @classmethod
+    def starting(
+        cls,
+        *,
+        lifetime: datetime.timedelta,
+        now: datetime.datetime | None = None,
+        not_before: datetime.datetime | None = None,
+    ) -> Window:
+        """From ``not_before`` exactly, or from ``now`` back-dated by `CLOCK_SKEW`."""
+        if not_before is not None:
+            return cls(_moment(not_before), lifetime, backdated=False)
+        return cls(_moment(now), lifetime)
+
+    @property
+    def not_before(self) -> datetime.datetime:
+        return self.start - CLOCK_SKEW if self.backdated else self.start
+
+    @property
+    def not_after(self) -> datetime.datetime:
+        return self.start + self.lifetime
+
+
+def sign_leaf(
+    issuer: Issued,
+    public: PublicKey,
+    *,
+    name: x509.Name,
+    profile: Profile,
+    sans: Sequence[x509.GeneralName],
+    window: Window,
+    crl_url: str | None = None,
+) -> x509.Certificate:
+    """Sign a leaf for a public key whose private half we may never see (`pki sign`, renew).
+
+    Everything but the public key comes from our arguments: the profile sets
+    basicConstraints CA:FALSE, keyUsage and EKU, whatever a CSR asked for.
     The SAN defaults to the CN when the CN is a host name (or IP address):
     strict verifiers ignore the CN, and cryptography's client verifier
     requires a SAN even on client certificates.
     """
     if profile not in _EKUS:
         raise ValidityError(f"profile {profile!r} must be one of server, client, both")
-    sans = names.subject_alt_names(dns=dns, ips=ips, uris=uris, emails=emails) or _default_san(name)
-    start = _moment(not_before) if not_before else _moment(now) - CLOCK_SKEW
-    not_after = (_moment(not_before) if not_before else _moment(now)) + _days(days)
-    _check_within(issuer, not_after, days)
-    key = key or generate_key(key_type, rsa_bits)
-    usage = _key_usage(digital_signature=True, key_encipherment=isinstance(key, rsa.RSAPrivateKey))
+    sans = list(sans) or _default_san(name)
+    _check_within(issuer, window.start, window.lifetime)
+    # RFC 5280 4.2.1.3: keyEncipherment only where the key can encipher (RSA key transport);
+    # RFC 8410 5: Ed25519 and ECDSA keys sign, nothing else.
+    usage = _key_usage(
+        digital_signature=True, key_encipherment=isinstance(public, rsa.RSAPublicKey)
+    )
     builder = (
-        _base(name, issuer.cert.subject, key, start, not_after)
+        _base(name, issuer.cert.subject, public, window.not_before, window.not_after)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(usage, critical=True)
         .add_extension(x509.ExtendedKeyUsage(_EKUS[profile]), critical=False)
         # RFC 5280 4.2.1.6: with an empty subject the SAN carries the identity and is critical.
         .add_extension(x509.SubjectAlternativeName(sans), critical=len(name) == 0)
     )
-    cert = _issuer_extensions(builder, issuer, crl_url).sign(issuer.key, hashes.SHA256())
-    return Issued(cert, key, _chain_above(issuer))
+    return _issuer_extensions(builder, issuer, crl_url).sign(issuer.key, hashes.SHA256())
+
+
+def profile_of(cert: x509.Certificate) -> Profile:
+    """The profile a leaf was made with, read back from its EKU (what `pki renew` keeps)."""
+    try:
+        ekus = set(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
+    except x509.ExtensionNotFound:
+        ekus = set()
+    for profile, wanted in _EKUS.items():
+        if ekus == set(wanted):
+            return profile
+    raise ValidityError(
+        f"certificate {cert.subject.rfc4514_string()} has no pki profile (EKU serverAuth, "
+        "clientAuth or both); issue a new one with `pki issue`"
+    )
 
 
 def build_crl(
@@ -277,19 +345,32 @@ def _days(days: int) -> datetime.timedelta:
     return datetime.timedelta(days=days)
 
 
-def _check_within(issuer: Issued, not_after: datetime.datetime, days: int) -> None:
+def _lifetime(days: int, valid: datetime.timedelta | None) -> datetime.timedelta:
+    if valid is None:
+        return _days(days)
+    if valid <= datetime.timedelta(0):
+        raise ValidityError(f"a lifetime must be positive, not {valid}")
+    return valid
+
+
+def _check_within(issuer: Issued, start: datetime.datetime, lifetime: datetime.timedelta) -> None:
     """A certificate that outlives its issuer is dead from the issuer's expiry on; refuse it."""
     limit = issuer.cert.not_valid_after_utc
+    not_after = start + lifetime
     if not_after > limit:
-        spare = (limit - (not_after - datetime.timedelta(days=days))).days
+        fits = largest_flag(limit - start)
+        fix = f"use --valid {fits} or less" if fits else "the issuer expires too soon to sign"
+        if fits and fits.endswith("d"):
+            fix = f"use --days {fits[:-1]} (--valid {fits}) or less"
         raise ValidityError(
-            f"a {days}-day certificate would expire on {not_after:%Y-%m-%d}, after its issuer "
-            f"{issuer.cert.subject.rfc4514_string()} (expires {limit:%Y-%m-%d}); "
-            f"use --days {max(spare, 0)} or less, or renew the issuer"
+            f"a certificate valid for {format_duration(lifetime)} would expire on "
+            f"{not_after:%Y-%m-%d %H:%M:%S} UTC, after its issuer "
+            f"{issuer.cert.subject.rfc4514_string()} (notAfter {limit:%Y-%m-%d %H:%M:%S} UTC); "
+            f"{fix}, or replace the CA with `pki init --force`"
         )
 
 
-def _chain_above(issuer: Issued) -> tuple[x509.Certificate, ...]:
+def chain_above(issuer: Issued) -> tuple[x509.Certificate, ...]:
     """What a certificate signed by ``issuer`` sends along: issuer and its chain, never a root."""
     if issuer.cert.issuer == issuer.cert.subject:
         return issuer.chain
@@ -312,11 +393,11 @@ def _default_san(name: x509.Name) -> list[x509.GeneralName]:
 def _base(
     subject: x509.Name,
     issuer: x509.Name,
-    key: PrivateKey,
+    key: PrivateKey | PublicKey,
     not_before: datetime.datetime,
     not_after: datetime.datetime,
 ) -> x509.CertificateBuilder:
-    public = key.public_key()
+    public = key if isinstance(key, PublicKey) else key.public_key()
     return (
         x509.CertificateBuilder()
         .subject_name(subject)

@@ -1,4 +1,4 @@
-"""The ``pki`` command: argparse in front of `pki.directory`, `pki.inspect`, `pki.verify`.
+"""The ``pki`` command: argparse in front of `pki.directory`, `pki.lifecycle`, `pki.inspect`...
 
 This is the only place a `PkiError` becomes output: one ``pki: <message>``
 line on stderr and exit status 2, never a traceback. Argument errors get the
@@ -10,20 +10,36 @@ answers with exit 0 (accepted) or 1 (refused, with the reason on stdout);
 from __future__ import annotations
 
 import argparse
+import configparser
+import datetime
+import importlib.metadata
+import json
 import os
 import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import NoReturn, TextIO
+from typing import Any, NoReturn, TextIO
+
+from cryptography import x509
 
 from mtls.identity import format_dn
-from pki import authority, demo, directory, store, verify
-from pki.errors import CertificateRefused, PasswordError, PkiError, UsageError
-from pki.inspect import describe_file
+from pki import authority, csr, demo, directory, lifecycle, listing, store, verify
+from pki import inspect as inspect_
+from pki.errors import (
+    CertificateRefused,
+    PasswordError,
+    PkiError,
+    StoreError,
+    UsageError,
+    ValidityError,
+)
+from pki.lifetime import parse_duration
 
 Command = Callable[[argparse.Namespace, Mapping[str, str], TextIO], int]
 PASSWORD_ENV = "PKI_P12_PASSWORD"  # noqa: S105 (the variable's name, not a password)
+DISTRIBUTION = "internal-mtls"
+LEAF_DAYS = 365
 
 
 class _Parser(argparse.ArgumentParser):
@@ -46,15 +62,16 @@ def main(argv: Sequence[str] | None = None, *, environ: Mapping[str, str] | None
 
 
 def _init(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> int:
-    plan = directory.plan_init(
-        directory.CaDir(args.dir),
+    request = directory.CaRequest(
         org=args.org,
+        cn=args.cn,
         key_type=args.key_type,
         rsa_bits=args.rsa_bits,
         crl_url=args.crl_url,
-        force=args.force,
+        days=args.days or directory.GLOBAL_DAYS,
+        valid=args.valid,
     )
-    return _commit(plan, out)
+    return _commit(directory.plan_init(directory.CaDir(args.dir), request, force=args.force), out)
 
 
 def _issue(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> int:
@@ -70,13 +87,58 @@ def _issue(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> int
         ips=args.ip,
         uris=args.uri,
         emails=args.email,
-        days=args.days,
+        days=args.days or LEAF_DAYS,
+        valid=args.valid,
         key_type=args.key_type,
         rsa_bits=args.rsa_bits,
     )
     password = _password(args.password_file, env) if args.p12 else None
     ca = directory.CaDir(args.dir)
     return _commit(directory.plan_issue(ca, request, p12_password=password, force=args.force), out)
+
+
+def _sign(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> int:
+    request = directory.LeafRequest(
+        name=args.name,
+        profile=args.profile,
+        org=args.org,
+        days=args.days or LEAF_DAYS,
+        valid=args.valid,
+    )
+    overrides = csr.Overrides(
+        cn=args.cn, ou=args.ou, dns=args.dns, ips=args.ip, uris=args.uri, emails=args.email
+    )
+    ca = directory.CaDir(args.dir)
+    return _commit(lifecycle.plan_sign(ca, args.csr, request, overrides, force=args.force), out)
+
+
+def _renew(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> int:
+    ca = directory.CaDir(args.dir)
+    lifetime = args.valid or (datetime.timedelta(days=args.days) if args.days else None)
+    renewal = lifecycle.Renewal(args.name, args.new_key, lifetime, args.revoke_old)
+    has_p12 = (ca / f"{args.name}.p12").exists()
+    if args.password_file is not None and not has_p12:
+        raise UsageError(
+            f"--password-file is for NAME.p12, and {ca / args.name}.p12 does not exist"
+        )
+    password = _password(args.password_file, env) if has_p12 and _has_password(args, env) else None
+    return _commit(lifecycle.plan_renew(ca, renewal, p12_password=password), out)
+
+
+def _list(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> int:
+    ca = directory.CaDir(args.dir)
+    if not ca.has_ca() and not (ca / "index.json").exists():
+        raise StoreError(
+            f"no CA in {args.dir} (no global.crt, no index.json); run `pki init --dir {args.dir}`"
+        )
+    now = datetime.datetime.now(datetime.UTC)
+    index = ca.load_index()
+    if args.json:
+        print(listing.render_json(index, now), file=out)
+    else:
+        for line in listing.render_text(index, now, source=str(args.dir)):
+            print(line, file=out)
+    return 0
 
 
 def _revoke(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> int:
@@ -93,7 +155,10 @@ def _demo(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> int:
 
 
 def _inspect(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> int:
-    print(describe_file(args.file), file=out)
+    if args.json:
+        _print_json(out, inspect_.inspect_file(args.file))
+    else:
+        print(inspect_.describe_file(args.file), file=out)
     return 0
 
 
@@ -126,8 +191,14 @@ def _verify(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> in
             policy=policy,
         )
     except CertificateRefused as exc:
-        print(f"REFUSED: {args.cert}: {exc}", file=out)
+        if args.json:
+            _print_json(out, _verdict(args, certs[0], None, str(exc), crl is not None))
+        else:
+            print(f"REFUSED: {args.cert}: {exc}", file=out)
         return 1
+    if args.json:
+        _print_json(out, _verdict(args, certs[0], verdict, None, crl is not None))
+        return 0
     what = f"{args.purpose} certificate"
     print(f"OK: {format_dn(certs[0].subject)} would be accepted as a {what}", file=out)
     print("  chain: " + " <- ".join(format_dn(c.subject) for c in verdict.chain), file=out)
@@ -136,6 +207,46 @@ def _verify(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> in
     if crl is None:
         print("  revocation not checked (no CRL given)", file=out)
     return 0
+
+
+def _verdict(
+    args: argparse.Namespace,
+    leaf: x509.Certificate,
+    verdict: verify.Verdict | None,
+    reason: str | None,
+    crl_checked: bool,
+) -> dict[str, Any]:
+    """`pki verify --json`; the keys are listed in verify.JSON_HELP, keep the two in step."""
+    return {
+        "cert": str(args.cert),
+        "purpose": args.purpose,
+        "accepted": verdict is not None,
+        "subject": format_dn(leaf.subject),
+        "chain": [format_dn(c.subject) for c in verdict.chain] if verdict else [],
+        "checks": list(verdict.checks) if verdict else [],
+        "reason": reason,
+        "revocation_checked": crl_checked,
+    }
+
+
+def _print_json(out: TextIO, doc: object) -> None:
+    print(json.dumps(doc, indent=2), file=out)
+
+
+def _has_password(args: argparse.Namespace, env: Mapping[str, str]) -> bool:
+    return args.password_file is not None or bool(env.get(PASSWORD_ENV))
+
+
+def version() -> str:
+    """The installed distribution's version; in a bare checkout, setup.cfg's, marked as such."""
+    try:
+        return importlib.metadata.version(DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    config = configparser.ConfigParser()
+    config.read(Path(__file__).resolve().parent.parent / "setup.cfg")
+    found = config.get("metadata", "version", fallback=None)
+    return f"{found} (source checkout, not installed)" if found else "unknown (not installed)"
 
 
 def _password(path: Path | None, env: Mapping[str, str]) -> bytes:
@@ -162,6 +273,13 @@ def _commit(plan: store.Plan, out: TextIO) -> int:
     return 0
 
 
+def _duration(text: str) -> datetime.timedelta:
+    try:
+        return parse_duration(text)
+    except ValidityError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _positive(text: str) -> int:
     try:
         value = int(text)
@@ -174,47 +292,117 @@ def _positive(text: str) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="pki", description="A small certificate authority for internal mTLS.")
+    parser.add_argument("--version", action="version", version=f"pki {version()}")
     sub = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
 
-    def command(name: str, run: Command, help_: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_, description=help_)
+    def command(
+        name: str, run: Command, help_: str, epilog: str | None = None
+    ) -> argparse.ArgumentParser:
+        p = sub.add_parser(
+            name,
+            help=help_,
+            description=help_,
+            epilog=epilog,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         p.set_defaults(command=run)
         return p
 
     def ca_dir(p: argparse.ArgumentParser, required: bool = True) -> None:
         p.add_argument("--dir", type=Path, required=required, help="the CA directory")
 
-    def key_options(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--key-type", choices=["ec", "rsa"], default="ec", help="default: ec P-256")
+    def key_options(p: argparse.ArgumentParser, ed25519: str) -> None:
+        p.add_argument(
+            "--key-type", choices=["ec", "rsa", "ed25519"], default="ec",
+            help=f"default: ec P-256; ed25519 {ed25519}",
+        )  # fmt: skip
         p.add_argument("--rsa-bits", type=int, choices=[2048, 3072], default=2048)
+
+    def validity(p: argparse.ArgumentParser, default: str) -> None:
+        group = p.add_mutually_exclusive_group()
+        group.add_argument("--days", type=_positive, metavar="N", help=f"lifetime; {default}")
+        group.add_argument(
+            "--valid", type=_duration, metavar="DUR",
+            help="lifetime as 30m, 24h or 90d (at least 5m, never past the issuer)",
+        )  # fmt: skip
+
+    def profile(p: argparse.ArgumentParser) -> None:
+        group = p.add_mutually_exclusive_group(required=True)
+        for flag, eku in (("server", "serverAuth"), ("client", "clientAuth"), ("both", "both")):
+            group.add_argument(
+                f"--{flag}", dest="profile", action="store_const", const=flag, help=eku
+            )
+
+    def names(p: argparse.ArgumentParser, defaults: str) -> None:
+        p.add_argument("--cn", help=f"common name (default: {defaults})")
+        p.add_argument(
+            "--ou",
+            help="organizational unit" + ("" if defaults == "NAME" else " (default: the CSR's)"),
+        )
+        p.add_argument("--org", help="organization (default: the global CA's)")
+        for flag, meta in (("dns", "HOST"), ("ip", "ADDR"), ("uri", "URI"), ("email", "ADDR")):
+            p.add_argument(
+                f"--{flag}", action="append", default=[], metavar=meta, help="SAN, repeatable"
+            )
 
     init = command("init", _init, "create root.crt/key, global.crt/key (pathlen 0) and crl.pem")
     ca_dir(init)
-    key_options(init)
+    key_options(init, "is refused for a CA (cryptography's verifier forbids it)")
     init.add_argument("--org", default="Example", help="O= of the CA names (default Example)")
+    init.add_argument(
+        "--cn",
+        metavar="NAME",
+        help='the CAs are "NAME Root CA" and "NAME Global CA" (default: --org)',
+    )
+    validity(init, "of the global CA, default 1825 (the root lives 3650 or as long)")
     init.add_argument("--crl-url", help="CRL Distribution Point URL put into every leaf")
     init.add_argument("--force", action="store_true", help="replace an existing CA")
 
     issue = command("issue", _issue, "issue NAME.key, NAME.crt, NAME-chain.crt [NAME.p12]")
     issue.add_argument("name", metavar="NAME", help="file stem: [a-z0-9][a-z0-9._-]*")
     ca_dir(issue)
-    profile = issue.add_mutually_exclusive_group(required=True)
-    for flag, eku in (("server", "serverAuth"), ("client", "clientAuth"), ("both", "both EKUs")):
-        profile.add_argument(
-            f"--{flag}", dest="profile", action="store_const", const=flag, help=eku
-        )
-    issue.add_argument("--cn", help="common name (default: NAME)")
-    issue.add_argument("--ou", help="organizational unit")
-    issue.add_argument("--org", help="organization (default: the global CA's)")
-    for flag, meta in (("dns", "HOST"), ("ip", "ADDR"), ("uri", "URI"), ("email", "ADDR")):
-        issue.add_argument(
-            f"--{flag}", action="append", default=[], metavar=meta, help="SAN entry, repeatable"
-        )
-    issue.add_argument("--days", type=_positive, default=365, metavar="N", help="default 365")
-    key_options(issue)
+    profile(issue)
+    names(issue, "NAME")
+    validity(issue, "default 365")
+    key_options(issue, "works with curl, openssl and Python's ssl")
     issue.add_argument("--p12", action="store_true", help=f"also NAME.p12 (${PASSWORD_ENV})")
     issue.add_argument("--password-file", type=Path, metavar="FILE", help="p12 password file")
     issue.add_argument("--force", action="store_true", help="re-issue an existing NAME")
+
+    sign = command(
+        "sign", _sign, "sign a CSR (a key made elsewhere) into NAME.crt and NAME-chain.crt",
+        epilog="The CSR's signature must verify. Taken from it: the public key, the subject's "
+        "CN and OU,\nand its DNS/IP/URI/email SANs, each checked as `pki issue` checks its "
+        "flags and each\nreplaced by --cn, --ou, or (all SANs) any of --dns --ip --uri "
+        "--email. Everything else\n(other subject attributes, basicConstraints, keyUsage, "
+        "EKU...) is ignored, listed, never copied.",
+    )  # fmt: skip
+    sign.add_argument("csr", type=Path, metavar="CSR", help="PEM or DER PKCS#10 request")
+    ca_dir(sign)
+    sign.add_argument("--name", required=True, help="file stem of NAME.crt, NAME-chain.crt")
+    profile(sign)
+    names(sign, "the CSR's, else NAME")
+    validity(sign, "default 365")
+    sign.add_argument("--force", action="store_true", help="sign again over an existing NAME")
+
+    renew = command(
+        "renew", _renew, "re-issue NAME with the same subject, SANs and profile",
+        epilog="Replaces NAME.crt and NAME-chain.crt atomically (NAME.key with --new-key, "
+        "NAME.p12 if\nthere is one: then the p12 password is needed, as for `pki issue "
+        "--p12`, and must open\nthe current file). Default lifetime: the replaced "
+        "certificate's.",
+    )  # fmt: skip
+    renew.add_argument("name", metavar="NAME")
+    ca_dir(renew)
+    renew.add_argument("--new-key", action="store_true", help="a new key of the same type")
+    validity(renew, "default: the replaced certificate's lifetime")
+    renew.add_argument("--revoke-old", action="store_true", help="revoke the old serial at once")
+    renew.add_argument("--password-file", type=Path, metavar="FILE", help="NAME.p12's password")
+
+    list_ = command("list", _list, "every certificate in the index: expiry, time left, revoked",
+                    epilog=listing.JSON_HELP)  # fmt: skip
+    ca_dir(list_)
+    list_.add_argument("--json", action="store_true", help="machine-readable, see below")
 
     revoke = command("revoke", _revoke, "revoke NAME (all its certificates) or one SERIAL")
     revoke.add_argument("target", metavar="NAME|SERIAL")
@@ -227,10 +415,13 @@ def _parser() -> argparse.ArgumentParser:
         "--days", type=_positive, default=directory.CRL_DAYS, metavar="N", help="to nextUpdate"
     )
 
-    inspect = command("inspect", _inspect, "show a certificate, chain file or CRL")
+    inspect = command("inspect", _inspect, "show a certificate, chain file, CSR or CRL",
+                      epilog=inspect_.JSON_HELP)  # fmt: skip
     inspect.add_argument("file", type=Path, metavar="FILE")
+    inspect.add_argument("--json", action="store_true", help="machine-readable, see below")
 
-    check = command("verify", _verify, "would our servers accept this certificate, and why not")
+    check = command("verify", _verify, "would our servers accept this certificate, and why not",
+                    epilog=verify.JSON_HELP)  # fmt: skip
     check.add_argument("cert", type=Path, metavar="CERT", help="leaf or chain file")
     ca_dir(check, required=False)
     check.add_argument("--ca", type=Path, help="trusted root(s) (default DIR/root.crt)")
@@ -239,6 +430,7 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--purpose", choices=["client", "server"], default="client")
     check.add_argument("--policy", metavar="REGEX", help="the DN must fullmatch this")
     check.add_argument("--hostname", help="for --purpose server: a DNS name or IP it must cover")
+    check.add_argument("--json", action="store_true", help="machine-readable, see below")
 
     demo_ = command("demo", _demo, "make the demo PKI: CA, services, ops, lb, and a rogue")
     ca_dir(demo_)

@@ -14,18 +14,22 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from mtls.identity import format_serial
-from pki import authority, names, store
-from pki.authority import Issued, KeyType, Profile
+from pki import authority, keys, names, store
+from pki.authority import Issued, Profile
 from pki.errors import InvalidNameError, StoreError
 from pki.index import Index, dump_index, entry_for
+from pki.keys import KeyType
 
 CA_FILES = ("root.crt", "root.key", "global.crt", "global.key")
 #: Names whose files would overwrite the CA's own.
 RESERVED = frozenset({"root", "global", "crl", "index"})
 CRL_DAYS = 7
+ROOT_DAYS = 3650
+GLOBAL_DAYS = 1825
 
 
 @dataclass(frozen=True)
@@ -47,7 +51,10 @@ class CaDir:
                 f"run `pki init --dir {self.path}` first"
             )
         fix = f"restore it from a backup, or start over with `pki init --dir {self.path} --force`"
-        return store.load_issued(self / "global.crt", self / "global.key", fix=fix)
+        issued = store.load_issued(self / "global.crt", self / "global.key", fix=fix)
+        if not isinstance(issued.key, keys.CaKey):
+            raise StoreError(f"{self / 'global.key'}: {keys.ED25519_CA_REFUSED}")
+        return issued
 
     def load_index(self) -> Index:
         return store.load_index(self / "index.json")
@@ -67,30 +74,64 @@ class LeafRequest:
     days: int = 365
     key_type: KeyType = "ec"
     rsa_bits: int = 2048
+    #: Replaces ``days`` when given (``--valid 24h``).
+    valid: datetime.timedelta | None = None
 
 
 def leaf_files(name: str) -> tuple[str, str, str]:
     return f"{name}.key", f"{name}.crt", f"{name}-chain.crt"
 
 
+@dataclass(frozen=True)
+class CaRequest:
+    """What `pki init` makes. The CAs are called "CN Root CA" and "CN Global CA", O=org.
+
+    ``cn`` defaults to ``org``, so ``--org Acme`` gives "Acme Root CA" and the
+    default stays the seed's "Example Root CA". ``valid`` (or ``days``) is
+    the global CA's lifetime; the root lives 10 years, or as long as the
+    global if that is longer, so the global never outlives it.
+    """
+
+    org: str = "Example"
+    cn: str | None = None
+    key_type: KeyType = "ec"
+    rsa_bits: int = 2048
+    crl_url: str | None = None
+    days: int = GLOBAL_DAYS
+    valid: datetime.timedelta | None = None
+
+    @property
+    def lifetime(self) -> datetime.timedelta:
+        return self.valid or datetime.timedelta(days=self.days)
+
+
 def new_ca(
-    *,
-    org: str = "Example",
-    key_type: KeyType = "ec",
-    rsa_bits: int = 2048,
-    crl_url: str | None = None,
-    now: datetime.datetime | None = None,
+    request: CaRequest | None = None, *, now: datetime.datetime | None = None
 ) -> tuple[Issued, Issued, Index]:
     """Root -> global, and an index that remembers the CRL URL for every later leaf."""
-    if crl_url is not None:
-        names.check_url(crl_url, what="--crl-url")
-    root_name = authority.make_name("Example Root CA", o=org)
-    root = authority.build_root(name=root_name, key_type=key_type, now=now, rsa_bits=rsa_bits)
-    global_name = authority.make_name("Example Global CA", o=org)
-    global_ca = authority.build_intermediate(
-        root, name=global_name, key_type=key_type, now=now, rsa_bits=rsa_bits
+    request = request or CaRequest()
+    if request.crl_url is not None:
+        names.check_url(request.crl_url, what="--crl-url")
+    base = request.cn or request.org
+    root_name = authority.make_name(f"{base} Root CA", o=request.org)
+    global_name = authority.make_name(f"{base} Global CA", o=request.org)
+    lifetime = request.lifetime
+    root = authority.build_root(
+        name=root_name,
+        key_type=request.key_type,
+        now=now,
+        valid=max(lifetime, datetime.timedelta(days=ROOT_DAYS)),
+        rsa_bits=request.rsa_bits,
     )
-    return root, global_ca, Index(crl_url=crl_url)
+    global_ca = authority.build_intermediate(
+        root,
+        name=global_name,
+        key_type=request.key_type,
+        now=now,
+        valid=lifetime,
+        rsa_bits=request.rsa_bits,
+    )
+    return root, global_ca, Index(crl_url=request.crl_url)
 
 
 def add_ca(plan: store.Plan, ca: CaDir, root: Issued, global_ca: Issued) -> None:
@@ -102,11 +143,8 @@ def add_ca(plan: store.Plan, ca: CaDir, root: Issued, global_ca: Issued) -> None
 
 def plan_init(
     ca: CaDir,
+    request: CaRequest | None = None,
     *,
-    org: str = "Example",
-    key_type: KeyType = "ec",
-    rsa_bits: int = 2048,
-    crl_url: str | None = None,
     force: bool = False,
     now: datetime.datetime | None = None,
 ) -> store.Plan:
@@ -116,15 +154,14 @@ def plan_init(
             f"{ca.path} already holds a CA ({', '.join(present)}); "
             "pass --force to replace it (every certificate it issued stops being trusted)"
         )
-    root, global_ca, index = new_ca(
-        org=org, key_type=key_type, rsa_bits=rsa_bits, crl_url=crl_url, now=now
-    )
+    root, global_ca, index = new_ca(request, now=now)
     plan = store.Plan()
     add_ca(plan, ca, root, global_ca)
     add_crl(plan, ca, global_ca, index, now=now)
     plan.report += [
         f"root CA:   {ca / 'root.crt'}  ({root.cert.subject.rfc4514_string()})",
-        f"global CA: {ca / 'global.crt'}  (pathlen 0, signs the leaves)",
+        f"global CA: {ca / 'global.crt'}  ({global_ca.cert.subject.rfc4514_string()}; "
+        f"pathlen 0, signs the leaves; until {global_ca.cert.not_valid_after_utc:%Y-%m-%d %H:%M})",
         f"CRL:       {ca / 'crl.pem'}",
         f"{ca / 'root.key'} is only needed to renew the global CA: move it offline.",
     ]
@@ -157,10 +194,7 @@ def new_leaf(
     crl_url: str | None = None,
     now: datetime.datetime | None = None,
 ) -> Issued:
-    org = request.org
-    if org is None:
-        orgs = global_ca.cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
-        org = str(orgs[0].value) if orgs else None
+    org = request.org or ca_org(global_ca)
     name = authority.make_name(request.cn or request.name, ou=request.ou, o=org)
     return authority.build_leaf(
         global_ca,
@@ -171,6 +205,7 @@ def new_leaf(
         uris=request.uris,
         emails=request.emails,
         days=request.days,
+        valid=request.valid,
         key_type=request.key_type,
         rsa_bits=request.rsa_bits,
         crl_url=crl_url,
@@ -178,11 +213,25 @@ def new_leaf(
     )
 
 
+def ca_org(global_ca: Issued) -> str | None:
+    """The O= leaves get by default: the signing CA's own."""
+    orgs = global_ca.cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
+    return str(orgs[0].value) if orgs else None
+
+
 def add_leaf(plan: store.Plan, ca: CaDir, name: str, leaf: Issued) -> None:
-    key_file, crt_file, chain_file = leaf_files(name)
-    plan.add(ca / key_file, store.encode_key(leaf.key), mode=store.KEY_MODE)
-    plan.add(ca / crt_file, store.encode_certs([leaf.cert]))
-    plan.add(ca / chain_file, store.encode_certs(leaf.chain_file_certs))
+    """Key first, then NAME.crt and NAME-chain.crt: a reload in between is refused, not used."""
+    plan.add(ca / leaf_files(name)[0], store.encode_key(leaf.key), mode=store.KEY_MODE)
+    add_cert(plan, ca, name, leaf.chain_file_certs)
+
+
+def add_cert(
+    plan: store.Plan, ca: CaDir, name: str, chain_file_certs: Sequence[x509.Certificate]
+) -> None:
+    """NAME.crt (the leaf alone) and NAME-chain.crt (leaf + global, never the root)."""
+    _, crt_file, chain_file = leaf_files(name)
+    plan.add(ca / crt_file, store.encode_certs(chain_file_certs[:1]))
+    plan.add(ca / chain_file, store.encode_certs(chain_file_certs))
 
 
 def plan_issue(

@@ -24,6 +24,14 @@ class ValidityError(PkiError):
     """A requested lifetime is empty or would outlive the issuing CA."""
 
 
+class InvalidCsrError(PkiError):
+    """A certificate signing request is forged, garbled, or asks for what pki will not give."""
+
+
+class KeyTypeError(PkiError):
+    """A key type, size or curve pki will not put into a certificate (or sign with)."""
+
+
 class StoreError(PkiError):
     """A file of the CA directory is missing, unreadable, garbled or already there."""
 

@@ -19,11 +19,11 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from pki.authority import Issued, PrivateKey
+from pki.authority import Issued
 from pki.errors import StoreError
 from pki.index import Index, dump_index, parse_index
+from pki.keys import PrivateKey
 
 KEY_MODE = 0o600
 PUBLIC_MODE = 0o644
@@ -101,6 +101,21 @@ def load_certs(path: Path, *, fix: str = "check the path") -> list[x509.Certific
     return certs
 
 
+def load_csr(path: Path) -> x509.CertificateSigningRequest:
+    """A PKCS#10 request, PEM or DER; its signature is checked by `pki.csr`, not here."""
+    data = read_bytes(path, what="a certificate signing request", fix="check the CSR's path")
+    try:
+        return x509.load_pem_x509_csr(data)
+    except ValueError:
+        try:
+            return x509.load_der_x509_csr(data)
+        except ValueError:
+            raise StoreError(
+                f"{path} holds no PEM or DER certificate signing request; make one with "
+                "`openssl req -new -key KEY -out REQ.csr`"
+            ) from None
+
+
 def load_cert(path: Path, *, fix: str = "check the path") -> x509.Certificate:
     return load_certs(path, fix=fix)[0]
 
@@ -113,8 +128,10 @@ def load_key(path: Path, *, fix: str = "check the path") -> PrivateKey:
         raise StoreError(f"{path} is encrypted; pki needs an unencrypted PEM key") from None
     except (ValueError, UnsupportedAlgorithm):
         raise StoreError(f"{path} is not a readable PEM private key; {fix}") from None
-    if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
-        raise StoreError(f"{path} holds a {type(key).__name__}; pki signs with EC or RSA keys")
+    if not isinstance(key, PrivateKey):
+        raise StoreError(
+            f"{path} holds a {type(key).__name__}; pki works with EC, RSA and Ed25519 keys"
+        )
     return key
 
 

@@ -37,6 +37,12 @@ Purpose = Literal["client", "server"]
 
 _EKU = {"client": ExtendedKeyUsageOID.CLIENT_AUTH, "server": ExtendedKeyUsageOID.SERVER_AUTH}
 
+#: The ``--json`` section of the command's help: every key, documented once.
+JSON_HELP = """\
+--json prints one object: cert, purpose, accepted (true/false), subject, chain
+(subject DNs, leaf first), checks (what passed), reason (why refused, or null),
+revocation_checked. The exit status is the same as without --json."""
+
 
 @dataclass(frozen=True)
 class Verdict:

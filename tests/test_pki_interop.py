@@ -6,16 +6,19 @@ the checker was actually checking.
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import ssl
 import subprocess
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from pki import cli
+from tests import servers
 from tests.tools import require_tool
 
 OPENSSL = shutil.which("openssl") or "/usr/bin/openssl"
@@ -239,3 +242,163 @@ def test_strict_python_tls_checks_the_hostname_against_the_san(demo_pki: Path) -
     )
     assert isinstance(client_saw, ssl.SSLCertVerificationError), client_saw
     assert "Hostname mismatch" in client_saw.verify_message
+
+
+# --- the lifecycle commands' certificates: sign, renew, --valid, Ed25519 -----------------------
+
+
+@pytest.fixture(scope="module")
+def lifecycle_pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A CA with an Ed25519 server and client, a CSR signed from openssl, a renewed 30m cert.
+
+    The CSR comes from ``openssl req``, asking for CA:TRUE, which must not survive.
+    """
+    require_tool("openssl")
+    d = tmp_path_factory.mktemp("lifecycle") / "ca"
+    ext = d.parent / "ext"
+    ext.mkdir()
+    steps = [
+        ["init", "--dir", d],
+        ["issue", "edsrv", "--dir", d, "--server", "--key-type", "ed25519", "--dns", "localhost",
+         "--ip", "127.0.0.1", "--valid", "24h"],
+        ["issue", "edcli", "--dir", d, "--client", "--key-type", "ed25519", "--cn", "edcli"],
+        ["issue", "short", "--dir", d, "--both", "--dns", "localhost", "--valid", "30m"],
+        ["renew", "short", "--dir", d, "--new-key", "--revoke-old"],
+    ]  # fmt: skip
+    for argv in steps:
+        assert cli.main([str(a) for a in argv], environ={}) == 0, argv
+    made = openssl(
+        "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+        "-keyout", ext / "ext.key", "-out", ext / "ext.csr",
+        "-subj", "/OU=Services/CN=ext.internal", "-addext", "subjectAltName=DNS:ext.internal",
+        "-addext", "basicConstraints=critical,CA:TRUE",
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    argv = ["sign", ext / "ext.csr", "--dir", d, "--name", "ext", "--client", "--valid", "30m"]
+    assert cli.main([str(a) for a in argv], environ={}) == 0
+    return d
+
+
+@pytest.mark.parametrize(
+    ("name", "purposes"),
+    [
+        ("edsrv", {"sslserver"}),
+        ("edcli", {"sslclient"}),
+        ("ext", {"sslclient"}),
+        ("short", {"sslserver", "sslclient"}),
+    ],
+)
+@pytest.mark.parametrize("purpose", ["sslclient", "sslserver"])
+def test_openssl_x509_strict_accepts_signed_renewed_short_and_ed25519_leaves(
+    lifecycle_pki: Path, name: str, purposes: set[str], purpose: str
+) -> None:
+    verdict = openssl_verify(lifecycle_pki, f"{name}.crt", purpose)
+    assert verdict == "OK" if purpose in purposes else "unsuitable certificate purpose" in verdict
+
+
+def test_openssl_sees_the_csr_signed_leaf_as_no_ca(lifecycle_pki: Path) -> None:
+    text = openssl("x509", "-in", lifecycle_pki / "ext.crt", "-noout", "-text").stdout
+    assert "CA:FALSE" in text
+    assert "CA:TRUE" not in text
+    assert "TLS Web Client Authentication" in text
+
+
+def test_openssl_crl_check_refuses_the_renewed_away_serial(lifecycle_pki: Path) -> None:
+    """`renew --revoke-old` put the old serial on the CRL: openssl agrees the new one is fine."""
+    crl_args = ("-crl_check", "-CRLfile", lifecycle_pki / "crl.pem")
+    assert openssl_verify(lifecycle_pki, "short.crt", "sslserver", *crl_args) == "OK"
+    text = openssl("crl", "-in", lifecycle_pki / "crl.pem", "-noout", "-text").stdout
+    assert "Superseded" in text
+
+
+def test_strict_python_tls_with_ed25519_on_both_sides(lifecycle_pki: Path) -> None:
+    server_saw, client_saw = handshake(
+        server_context(lifecycle_pki, "edsrv"), client_context(lifecycle_pki, "edcli"), "localhost"
+    )
+    assert subject(server_saw) == ((("organizationName", "Example"),), (("commonName", "edcli"),))
+    assert (("organizationName", "Example"),) in subject(client_saw)
+
+
+def test_strict_python_tls_accepts_the_csr_signed_client_on_the_renewed_server(
+    lifecycle_pki: Path,
+) -> None:
+    client = ssl.create_default_context(cafile=lifecycle_pki / "root.crt")
+    client.verify_flags |= ssl.VERIFY_X509_STRICT
+    ext = lifecycle_pki.parent / "ext"
+    client.load_cert_chain(lifecycle_pki / "ext-chain.crt", ext / "ext.key")
+    server_saw, _ = handshake(server_context(lifecycle_pki, "short"), client, "localhost")
+    assert (("commonName", "ext.internal"),) in subject(server_saw)
+
+
+def test_strict_python_tls_refuses_an_ed25519_client_of_another_ca(
+    lifecycle_pki: Path, tmp_path: Path
+) -> None:
+    """The pair of the Ed25519 test above: same name, same key type, the wrong issuer."""
+    other = tmp_path / "other"
+    assert cli.main(["init", "--dir", str(other)], environ={}) == 0
+    argv = ["issue", "edcli", "--dir", str(other), "--client", "--key-type", "ed25519"]
+    assert cli.main(argv, environ={}) == 0
+    client = client_context(lifecycle_pki, None)
+    client.load_cert_chain(other / "edcli-chain.crt", other / "edcli.key")
+    server_saw, _ = handshake(server_context(lifecycle_pki, "edsrv"), client, "localhost")
+    assert isinstance(server_saw, ssl.SSLCertVerificationError), server_saw
+    assert server_saw.verify_message == "unable to get local issuer certificate"
+
+
+# --- Ed25519 end to end: our own gunicorn worker, curl and openssl s_client ---------------------
+
+
+@pytest.fixture
+def ed25519_server(lifecycle_pki: Path, tmp_path: Path) -> Iterator[servers.Server]:
+    """The project's mTLS worker presenting the Ed25519 server certificate, checking the CRL."""
+    env = servers.server_env(lifecycle_pki, "edsrv", MTLS_CRLFILE=str(lifecycle_pki / "crl.pem"))
+    ready = servers.client_context(lifecycle_pki, "edcli")
+    with servers.running("echo_app:app", env, tmp_path / "ed.log", ready) as server:
+        yield server
+
+
+def curl(server: servers.Server, d: Path, *args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [require_tool("curl"), "-sS", "--max-time", "15", "--cacert", str(d / "root.crt"),
+         *map(str, args), f"https://localhost:{server.port}/"],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("tls", [["--tlsv1.2", "--tls-max", "1.2"], ["--tlsv1.3"]])
+def test_curl_with_an_ed25519_client_cert_reaches_our_ed25519_server(
+    ed25519_server: servers.Server, lifecycle_pki: Path, tls: list[str]
+) -> None:
+    d = lifecycle_pki
+    done = curl(ed25519_server, d, *tls, "--cert", d / "edcli-chain.crt", "--key", d / "edcli.key")
+    assert done.returncode == 0, done.stderr
+    answer = json.loads(done.stdout)
+    assert answer["peer_subject"] == "CN=edcli,O=Example"
+    assert answer["SSL_PROTOCOL"] == ("TLSv1.2" if "--tls-max" in tls else "TLSv1.3")
+
+
+def test_curl_without_a_client_cert_is_refused_by_our_ed25519_server(
+    ed25519_server: servers.Server, lifecycle_pki: Path
+) -> None:
+    done = curl(ed25519_server, lifecycle_pki)
+    assert done.returncode != 0
+    assert done.stdout == ""
+
+
+def test_openssl_s_client_with_ed25519_verifies_our_server_strictly(
+    ed25519_server: servers.Server, lifecycle_pki: Path
+) -> None:
+    d = lifecycle_pki
+    done = subprocess.run(
+        [OPENSSL, "s_client", "-connect", f"127.0.0.1:{ed25519_server.port}",
+         "-servername", "localhost", "-verify_hostname", "localhost",
+         "-CAfile", str(d / "root.crt"),
+         "-cert", str(d / "edcli.crt"), "-key", str(d / "edcli.key"),
+         "-cert_chain", str(d / "global.crt"), "-verify_return_error", "-x509_strict", "-quiet"],
+        input="GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("HTTP/1.1 200"), done.stdout
+    assert '"peer_subject": "CN=edcli,O=Example"' in done.stdout
+    assert "verify return:1" in done.stderr
