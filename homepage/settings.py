@@ -1,4 +1,4 @@
-"""Home Page settings: the ``HOMEPAGE_*`` env vars parsed once, all problems at once.
+"""Home Page settings: the ``HOMEPAGE_*`` env vars, each declared once (mtls.envconfig).
 
 Relative paths are taken from the current directory at start-up (``make
 demo`` runs from the repository root, where ``pki/out/`` lives) and made
@@ -12,27 +12,115 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from mtls.client import ClientSettings
-from mtls.errors import CertificateFileError, ConfigError, PolicyError
-from mtls.policy import compile_dn_policy
-from mtls.settings import parse_seconds
+from mtls.envconfig import Invalid, dn_regex, env, password_file, read_env, seconds
+from mtls.errors import CertificateFileError, ConfigError
 
 DEFAULT_USERSERVICE_URL = "https://localhost:8443"
-DEFAULT_CLIENT_CERT = "pki/out/homepage-chain.crt"
-DEFAULT_CLIENT_KEY = "pki/out/homepage.key"
-DEFAULT_CA_CERTS = "pki/out/root.crt"
 #: The demo's operator identity (``pki demo``), the only one allowed on ``/internal/*``.
 DEFAULT_OPS_DN = r"CN=ops\.internal,OU=Operators,O=Example"
-DEFAULT_CONNECT_TIMEOUT = 3.0
-DEFAULT_READ_TIMEOUT = 10.0
 
 _PKCS12_SUFFIXES = (".p12", ".pfx")
 _FIX = (
     "run `make demo` (or `pki demo --dir pki/out`) to create the demo PKI, "
     "or point {var} at your own file"
 )
+
+
+def _url(var: str, raw: str) -> str:
+    try:
+        parts = urlsplit(raw)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        parts = None
+    if (
+        parts is None
+        or parts.scheme != "https"
+        or not parts.hostname
+        or parts.query
+        or parts.fragment
+    ):
+        raise Invalid(
+            f"{var}={raw!r} is not an https:// URL with a host, e.g. {DEFAULT_USERSERVICE_URL}"
+        )
+    return raw.rstrip("/")
+
+
+def _file(var: str, raw: str) -> Path:
+    path = Path(raw).absolute()
+    if path.is_dir():
+        raise Invalid(f"{var}: {path} is a directory, not a file; " + _FIX.format(var=var))
+    if not path.is_file():
+        raise Invalid(f"{var}: {path} does not exist; " + _FIX.format(var=var))
+    return path
+
+
+def _any_path(var: str, raw: str) -> Path:
+    return Path(raw).absolute()
+
+
+@dataclass(frozen=True)
+class HomePageEnv:
+    """The ``HOMEPAGE_*`` variables as declared: each once, with its default and meaning."""
+
+    userservice_url: str = env(
+        "HOMEPAGE_USERSERVICE_URL",
+        _url,
+        doc="the User Service",
+        raw_default=DEFAULT_USERSERVICE_URL,
+    )
+    client_cert: Path = env(
+        "HOMEPAGE_CLIENT_CERT",
+        _file,
+        doc="our chain (or a .p12)",
+        raw_default="pki/out/homepage-chain.crt",
+    )
+    # Checked in _check: not used (nor required to exist) with a PKCS#12 cert.
+    client_key: Path = env(
+        "HOMEPAGE_CLIENT_KEY", _any_path, doc="its key", raw_default="pki/out/homepage.key"
+    )
+    ca_certs: Path = env(
+        "HOMEPAGE_CA_CERTS", _file, doc="the root bundle", raw_default="pki/out/root.crt"
+    )
+    key_password: bytes | None = env(
+        "HOMEPAGE_CLIENT_KEY_PASSWORD_FILE", password_file, None, "the key's or .p12's password"
+    )
+    userservice_dn: re.Pattern[str] | None = env(
+        "HOMEPAGE_USERSERVICE_DN",
+        dn_regex,
+        None,
+        "regex the User Service's DN must match",
+        blank_is_unset=False,
+    )
+    ops_dn: re.Pattern[str] = env(
+        "HOMEPAGE_OPS_DN",
+        dn_regex,
+        doc="regex for /internal/*",
+        raw_default=DEFAULT_OPS_DN,
+        blank_is_unset=False,
+    )
+    connect_timeout: float = env(
+        "HOMEPAGE_CONNECT_TIMEOUT", seconds(0.001, 300), 3.0, "seconds to connect + handshake"
+    )
+    read_timeout: float = env(
+        "HOMEPAGE_READ_TIMEOUT", seconds(0.001, 300), 10.0, "seconds to wait for an answer"
+    )
+
+
+def _check(values: dict[str, Any], problems: list[str]) -> None:
+    cert = values.get("client_cert")
+    if cert is not None and cert.suffix.lower() in _PKCS12_SUFFIXES:
+        values["client_key"] = None  # the key is inside the PKCS#12
+        return
+    key = values.get("client_key")
+    if key is not None:
+        try:
+            _file("HOMEPAGE_CLIENT_KEY", str(key))
+        except Invalid as e:
+            problems.extend(e.problems)
 
 
 @dataclass(frozen=True)
@@ -53,54 +141,20 @@ class HomePageSettings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> HomePageSettings:
-        env = os.environ if environ is None else environ
-        problems: list[str] = []
-
-        url = _url(env.get("HOMEPAGE_USERSERVICE_URL", "").strip() or DEFAULT_USERSERVICE_URL)
-        if url is None:
-            problems.append(
-                f"HOMEPAGE_USERSERVICE_URL={env.get('HOMEPAGE_USERSERVICE_URL')!r} is not an "
-                f"https:// URL with a host, e.g. {DEFAULT_USERSERVICE_URL}"
-            )
-        cert = _file(env, "HOMEPAGE_CLIENT_CERT", DEFAULT_CLIENT_CERT, problems)
-        key: Path | None = None
-        if cert.suffix.lower() not in _PKCS12_SUFFIXES:
-            key = _file(env, "HOMEPAGE_CLIENT_KEY", DEFAULT_CLIENT_KEY, problems)
-        ca_certs = _file(env, "HOMEPAGE_CA_CERTS", DEFAULT_CA_CERTS, problems)
-        password = _password(env, problems)
-        server_dn = _regex(env, "HOMEPAGE_USERSERVICE_DN", problems)
-        ops_dn: re.Pattern[str] | None = None
-        try:
-            ops_dn = compile_dn_policy(
-                env.get("HOMEPAGE_OPS_DN", DEFAULT_OPS_DN), setting="HOMEPAGE_OPS_DN"
-            )
-        except PolicyError as exc:
-            problems.append(str(exc))
-        connect = parse_seconds(
-            env,
-            "HOMEPAGE_CONNECT_TIMEOUT",
-            DEFAULT_CONNECT_TIMEOUT,
-            problems,
-            minimum=0.001,
-            maximum=300,
+        read = read_env(
+            HomePageEnv, os.environ if environ is None else environ, title="Home Page", check=_check
         )
-        read = parse_seconds(
-            env, "HOMEPAGE_READ_TIMEOUT", DEFAULT_READ_TIMEOUT, problems, minimum=0.001, maximum=300
-        )
-
-        if problems or url is None or ops_dn is None:
-            raise ConfigError("invalid Home Page settings:\n  - " + "\n  - ".join(problems))
         client = ClientSettings(
-            cert=cert,
-            key=key,
-            ca_certs=ca_certs,
-            key_password=password,
-            server_dn=server_dn,
-            connect_timeout=connect,
-            read_timeout=read,
+            cert=read.client_cert,
+            key=read.client_key,
+            ca_certs=read.ca_certs,
+            key_password=read.key_password,
+            server_dn=read.userservice_dn,
+            connect_timeout=read.connect_timeout,
+            read_timeout=read.read_timeout,
             peer_name="the User Service",
         )
-        return cls(userservice_url=url, client=client, ops_dn=ops_dn)
+        return cls(userservice_url=read.userservice_url, client=client, ops_dn=read.ops_dn)
 
     def blame(self, error: CertificateFileError) -> ConfigError:
         """``error`` (a file that cannot serve) as one line naming the setting that chose it."""
@@ -114,47 +168,3 @@ class HomePageSettings:
         return ConfigError(
             f"invalid Home Page settings: {subject}: " + " ".join(str(error).split())
         )
-
-
-def _url(raw: str) -> str | None:
-    try:
-        parts = urlsplit(raw)
-        parts.port  # noqa: B018 - raises ValueError on a bad port
-    except ValueError:
-        return None
-    if parts.scheme != "https" or not parts.hostname or parts.query or parts.fragment:
-        return None
-    return raw.rstrip("/")
-
-
-def _file(env: Mapping[str, str], var: str, default: str, problems: list[str]) -> Path:
-    path = Path(env.get(var, "").strip() or default).absolute()
-    if path.is_dir():
-        problems.append(f"{var}: {path} is a directory, not a file; " + _FIX.format(var=var))
-    elif not path.is_file():
-        problems.append(f"{var}: {path} does not exist; " + _FIX.format(var=var))
-    return path
-
-
-def _password(env: Mapping[str, str], problems: list[str]) -> bytes | None:
-    """The key's password from a file (never from the environment itself, which leaks)."""
-    var = "HOMEPAGE_CLIENT_KEY_PASSWORD_FILE"
-    raw = env.get(var, "").strip()
-    if not raw:
-        return None
-    try:
-        return Path(raw).read_bytes().rstrip(b"\r\n")
-    except OSError as exc:
-        problems.append(f"{var}={raw!r} cannot be read ({exc.strerror or exc})")
-        return None
-
-
-def _regex(env: Mapping[str, str], var: str, problems: list[str]) -> re.Pattern[str] | None:
-    raw = env.get(var, "").strip()
-    if not raw:
-        return None
-    try:
-        return re.compile(raw)
-    except re.error as exc:
-        problems.append(f"{var}={raw!r} is not a valid regular expression ({exc})")
-        return None

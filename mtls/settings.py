@@ -1,7 +1,7 @@
 """Server settings: the SPEC's ``MTLS_*`` env vars parsed once into a frozen object.
 
-Every problem is collected and reported together, each naming its variable,
-so a misconfigured deployment is fixed in one round trip, not five.
+Each setting is declared once, with its default, parser and meaning
+(mtls.envconfig); every problem is reported together, each naming its variable.
 """
 
 from __future__ import annotations
@@ -12,14 +12,13 @@ import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Literal
 
-from mtls.errors import ConfigError
+from mtls.envconfig import Invalid, choice, env, path, read_env, seconds, whole_number
 
 ClientAuth = Literal["required", "optional"]
 ProxyMode = Literal["off", "v1", "v2", "auto"]
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-T = TypeVar("T")
 
 _CLIENT_AUTH: dict[str, ClientAuth] = {"required": "required", "optional": "optional"}
 _PROXY_MODES: dict[str, ProxyMode] = {"off": "off", "v1": "v1", "v2": "v2", "auto": "auto"}
@@ -33,116 +32,101 @@ _VERSIONS = {
 DEFAULT_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
 
 
+def _ciphers(var: str, raw: str) -> str:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        ctx.set_ciphers(raw)
+    except ssl.SSLError:
+        raise Invalid(f"{var}={raw!r} selects no cipher OpenSSL knows") from None
+    return raw
+
+
+def _networks(var: str, raw: str) -> tuple[IPNetwork, ...]:
+    networks: list[IPNetwork] = []
+    problems: list[str] = []
+    for item in raw.replace(",", " ").split():
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            problems.append(f"{var} has {item!r}, which is not an IP or CIDR")
+    if problems:
+        raise Invalid(*problems)
+    return tuple(networks)
+
+
 @dataclass(frozen=True)
 class ServerSettings:
-    """What the mTLS listener needs; defaults are the SPEC's.
+    """What the mTLS listener needs: each setting declared once (mtls.envconfig).
 
     certfile: leaf + intermediates (never the root); keyfile: its key;
     ca_certs: the trust bundle, the private root only (never the system store).
     """
 
-    certfile: Path
-    keyfile: Path
-    ca_certs: Path
-    crlfile: Path | None = None
-    client_auth: ClientAuth = "required"
-    min_version: ssl.TLSVersion = ssl.TLSVersion.TLSv1_2
-    ciphers: str = DEFAULT_CIPHERS
-    proxy_protocol: ProxyMode = "off"
-    proxy_allow_from: tuple[IPNetwork, ...] = ()
-    handshake_timeout: float = 10.0
-    reload_interval: float = 2.0
-    # Hostile-peer bounds (SECURITY.md): a request head (and a body of up to
-    # 64 KiB) must arrive whole within request_timeout of its first byte; once
-    # a thread serves the request, each read or write waits io_timeout at most.
-    request_timeout: float = 10.0
-    io_timeout: float = 10.0
-    # Connections still in their PROXY header or TLS handshake, per worker;
-    # the oldest (silent ones first) is dropped to admit a new one.
-    max_handshakes: int = 1000
-    # A kept-alive connection is closed after its response once this old, so
-    # no connection outlives the certificate checks of its handshake for long.
-    max_connection_age: float = 600.0
+    certfile: Path = env(
+        "MTLS_CERTFILE",
+        path,
+        doc="the server's chain (leaf + intermediates)",
+        example="the server's chain (pki/out/NAME-chain.crt)",
+    )
+    keyfile: Path = env(
+        "MTLS_KEYFILE",
+        path,
+        doc="its private key, unencrypted, mode 0600",
+        example="the server's key (pki/out/NAME.key)",
+    )
+    ca_certs: Path = env(
+        "MTLS_CA_CERTS",
+        path,
+        doc="the trust bundle: the private root only",
+        example="the root bundle (pki/out/root.crt)",
+    )
+    crlfile: Path | None = env("MTLS_CRLFILE", path, None, "CRL checked for every client leaf")
+    client_auth: ClientAuth = env(
+        "MTLS_CLIENT_AUTH", choice(_CLIENT_AUTH), "required", "optional for browser listeners"
+    )
+    min_version: ssl.TLSVersion = env(
+        "MTLS_MIN_VERSION", choice(_VERSIONS), ssl.TLSVersion.TLSv1_2, "lowest TLS version"
+    )
+    ciphers: str = env("MTLS_CIPHERS", _ciphers, DEFAULT_CIPHERS, "TLS 1.2 cipher list")
+    proxy_protocol: ProxyMode = env(
+        "MTLS_PROXY_PROTOCOL", choice(_PROXY_MODES), "off", "PROXY header before the ClientHello"
+    )
+    proxy_allow_from: tuple[IPNetwork, ...] = env(
+        "MTLS_PROXY_ALLOW_FROM", _networks, (), "CIDRs that must send a PROXY header"
+    )
+    handshake_timeout: float = env(
+        "MTLS_HANDSHAKE_TIMEOUT", seconds(0.1), 10.0, "seconds for PROXY header + handshake"
+    )
+    reload_interval: float = env(
+        "MTLS_RELOAD_INTERVAL", seconds(0.0), 2.0, "seconds between file checks; 0 = SIGHUP only"
+    )
+    # Hostile-peer bounds (SECURITY.md).
+    request_timeout: float = env(
+        "MTLS_REQUEST_TIMEOUT",
+        seconds(0.1),
+        10.0,
+        "seconds for a request head (and a body up to 64 KiB) once its first byte is in",
+    )
+    io_timeout: float = env(
+        "MTLS_IO_TIMEOUT", seconds(0.1), 10.0, "seconds any one read or write in a thread may wait"
+    )
+    max_handshakes: int = env(
+        "MTLS_MAX_HANDSHAKES",
+        whole_number(1),
+        1000,
+        "connections per worker in PROXY/handshake; the oldest is dropped at the limit",
+    )
+    max_connection_age: float = env(
+        "MTLS_MAX_CONNECTION_AGE",
+        seconds(1.0, 86400.0),
+        600.0,
+        "seconds; the first response after this says Connection: close",
+    )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ServerSettings:
-        env = os.environ if environ is None else environ
-        problems: list[str] = []
-
-        def path(name: str, *, required: bool, example: str) -> Path | None:
-            value = env.get(name, "").strip()
-            if not value:
-                if required:
-                    problems.append(f"{name} is not set: point it at {example}")
-                return None
-            return Path(value)
-
-        certfile = path(
-            "MTLS_CERTFILE", required=True, example="the server's chain (pki/out/NAME-chain.crt)"
-        )
-        keyfile = path("MTLS_KEYFILE", required=True, example="the server's key (pki/out/NAME.key)")
-        ca_certs = path(
-            "MTLS_CA_CERTS", required=True, example="the root bundle (pki/out/root.crt)"
-        )
-        crlfile = path("MTLS_CRLFILE", required=False, example="")
-
-        client_auth = _choice(env, "MTLS_CLIENT_AUTH", _CLIENT_AUTH, "required", problems)
-        proxy_protocol = _choice(env, "MTLS_PROXY_PROTOCOL", _PROXY_MODES, "off", problems)
-        version_name = env.get("MTLS_MIN_VERSION", "TLSv1.2").strip()
-        min_version = _VERSIONS.get(version_name)
-        if min_version is None:
-            problems.append(
-                f"MTLS_MIN_VERSION={version_name!r} is not one of {', '.join(_VERSIONS)}"
-            )
-        ciphers = env.get("MTLS_CIPHERS", "").strip() or DEFAULT_CIPHERS
-        if not _ciphers_usable(ciphers):
-            problems.append(f"MTLS_CIPHERS={ciphers!r} selects no cipher OpenSSL knows")
-
-        allow_raw = env.get("MTLS_PROXY_ALLOW_FROM", "")
-        allow_from = _networks(allow_raw, problems)
-        # Only when the variable is empty: a malformed entry was reported just above,
-        # and "needs MTLS_PROXY_ALLOW_FROM" would send the reader to set what is set.
-        if proxy_protocol not in (None, "off") and not allow_raw.replace(",", " ").strip():
-            problems.append(
-                f"MTLS_PROXY_PROTOCOL={proxy_protocol} needs MTLS_PROXY_ALLOW_FROM: "
-                "the load balancer addresses (CIDRs) that may send a PROXY header"
-            )
-        handshake_timeout = parse_seconds(
-            env, "MTLS_HANDSHAKE_TIMEOUT", 10.0, problems, minimum=0.1
-        )
-        reload_interval = parse_seconds(env, "MTLS_RELOAD_INTERVAL", 2.0, problems, minimum=0.0)
-        request_timeout = parse_seconds(env, "MTLS_REQUEST_TIMEOUT", 10.0, problems, minimum=0.1)
-        io_timeout = parse_seconds(env, "MTLS_IO_TIMEOUT", 10.0, problems, minimum=0.1)
-        max_connection_age = parse_seconds(
-            env, "MTLS_MAX_CONNECTION_AGE", 600.0, problems, minimum=1.0, maximum=86400.0
-        )
-        max_handshakes = _count(env, "MTLS_MAX_HANDSHAKES", 1000, problems, minimum=1)
-
-        if problems:
-            raise ConfigError("invalid mTLS server settings:\n  - " + "\n  - ".join(problems))
-        assert certfile
-        assert keyfile
-        assert ca_certs
-        assert client_auth
-        assert proxy_protocol
-        assert min_version is not None
-        return cls(
-            certfile=certfile,
-            keyfile=keyfile,
-            ca_certs=ca_certs,
-            crlfile=crlfile,
-            client_auth=client_auth,
-            min_version=min_version,
-            ciphers=ciphers,
-            proxy_protocol=proxy_protocol,
-            proxy_allow_from=allow_from,
-            handshake_timeout=handshake_timeout,
-            reload_interval=reload_interval,
-            request_timeout=request_timeout,
-            io_timeout=io_timeout,
-            max_handshakes=max_handshakes,
-            max_connection_age=max_connection_age,
-        )
+        env_ = os.environ if environ is None else environ
+        return read_env(cls, env_, title="mTLS server", check=_check_proxy)
 
     @property
     def files(self) -> tuple[Path, ...]:
@@ -161,77 +145,12 @@ class ServerSettings:
         return any(ip in net for net in self.proxy_allow_from)
 
 
-def _choice(
-    env: Mapping[str, str], name: str, table: Mapping[str, T], default: str, problems: list[str]
-) -> T | None:
-    value = env.get(name, default).strip() or default
-    if value not in table:
-        problems.append(f"{name}={value!r} is not one of {', '.join(table)}")
-        return None
-    return table[value]
-
-
-def parse_seconds(
-    env: Mapping[str, str],
-    name: str,
-    default: float,
-    problems: list[str],
-    *,
-    minimum: float,
-    maximum: float = 3600.0,
-) -> float:
-    """A duration setting; a bad one is added to ``problems`` (reported with the rest)."""
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        problems.append(f"{name}={raw!r} is not a number of seconds")
-        return default
-    if not minimum <= value <= maximum:  # also refuses NaN and inf
-        problems.append(f"{name}={raw!r} must be between {minimum:g} and {maximum:g} seconds")
-        return default
-    return value
-
-
-def _count(
-    env: Mapping[str, str],
-    name: str,
-    default: int,
-    problems: list[str],
-    *,
-    minimum: int,
-    maximum: int = 1_000_000,
-) -> int:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        problems.append(f"{name}={raw!r} is not a whole number")
-        return default
-    if not minimum <= value <= maximum:
-        problems.append(f"{name}={raw!r} must be between {minimum} and {maximum}")
-        return default
-    return value
-
-
-def _networks(raw: str, problems: list[str]) -> tuple[IPNetwork, ...]:
-    networks: list[IPNetwork] = []
-    for item in raw.replace(",", " ").split():
-        try:
-            networks.append(ipaddress.ip_network(item, strict=False))
-        except ValueError:
-            problems.append(f"MTLS_PROXY_ALLOW_FROM has {item!r}, which is not an IP or CIDR")
-    return tuple(networks)
-
-
-def _ciphers_usable(ciphers: str) -> bool:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    try:
-        ctx.set_ciphers(ciphers)
-    except ssl.SSLError:
-        return False
-    return True
+def _check_proxy(values: dict[str, object], problems: list[str]) -> None:
+    # Only when MTLS_PROXY_ALLOW_FROM is empty: a malformed entry is reported
+    # already, and "needs MTLS_PROXY_ALLOW_FROM" would send the reader to set what is set.
+    mode = values.get("proxy_protocol")
+    if mode not in (None, "off") and values.get("proxy_allow_from") == ():
+        problems.append(
+            f"MTLS_PROXY_PROTOCOL={mode} needs MTLS_PROXY_ALLOW_FROM: "
+            "the load balancer addresses (CIDRs) that may send a PROXY header"
+        )

@@ -23,6 +23,7 @@ from typing import Any, NoReturn, TextIO
 
 from cryptography import x509
 
+from mtls.envconfig import password_line
 from mtls.identity import format_dn
 from pki import authority, csr, demo, directory, lifecycle, listing, store, verify
 from pki import inspect as inspect_
@@ -260,7 +261,7 @@ def _password(path: Path | None, env: Mapping[str, str]) -> bytes:
             )
         return value.encode()
     data = store.read_bytes(path, what="the PKCS#12 password file", fix="check --password-file")
-    password = data.removesuffix(b"\n").removesuffix(b"\r")
+    password = password_line(data)
     if not password:
         raise PasswordError(f"password file {path} is empty; write the PKCS#12 password into it")
     return password
