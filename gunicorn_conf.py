@@ -29,6 +29,9 @@ proxy_protocol = "off"
 # one, so two services (or parallel test servers) would fight over it.
 control_socket_disable = True
 
+# Every record escaped to one line of printable text (the DN is peer-chosen):
+# see mtls.logs. The environ's SSL_CLIENT_S_DN itself stays mod_ssl's.
+logger_class = "mtls.logs.MtlsLogger"
 accesslog = "-"
 access_log_format = (
     '%(h)s:%({REMOTE_PORT}e)s "%(r)s" %(s)s %(b)s %(M)sms '

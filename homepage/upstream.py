@@ -30,7 +30,12 @@ from urllib3.exceptions import NewConnectionError
 
 from homepage.settings import HomePageSettings
 from mtls.client import MtlsSession, TlsFacts, make_session, tls_facts
-from mtls.errors import ClientCertificateRefusedError, UpstreamError, UpstreamIdentityError
+from mtls.errors import (
+    ClientCertificateRefusedError,
+    UpstreamError,
+    UpstreamIdentityError,
+    UpstreamRedirectError,
+)
 from mtls.policy import NO_CERTIFICATE, NOT_RECOGNIZED
 
 log = logging.getLogger("homepage.upstream")
@@ -45,6 +50,11 @@ _CERT_HINT = (
 _IDENTITY_HINT = (
     "Its certificate must chain to HOMEPAGE_CA_CERTS, name the host in "
     "HOMEPAGE_USERSERVICE_URL and match HOMEPAGE_USERSERVICE_DN if that is set."
+)
+
+_REDIRECT_HINT = (
+    "Redirects to another scheme, host or port are not followed: our client certificate "
+    "would go with them. HOMEPAGE_USERSERVICE_URL must be the User Service's own address."
 )
 
 
@@ -149,6 +159,10 @@ class UserServiceClient:
         if isinstance(exc, UpstreamIdentityError):
             return UpstreamFailure(
                 502, "The User Service could not prove its identity", _IDENTITY_HINT
+            )
+        if isinstance(exc, UpstreamRedirectError):  # the target URL goes to the log only
+            return UpstreamFailure(
+                502, "The User Service redirected us to another server", _REDIRECT_HINT
             )
         if isinstance(exc, requests.ConnectTimeout):
             return UpstreamFailure(

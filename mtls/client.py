@@ -13,6 +13,9 @@
 - retries an idempotent request once when its connection drops (the
   keep-alive race: the server closed a pooled connection as we reused it),
   never after a timeout, never a POST/PATCH;
+- follows a redirect only within the origin it was sent to (scheme, host,
+  port: RFC 6454 section 4), at most ``MAX_REDIRECTS`` times; a redirect to
+  another origin raises ``UpstreamRedirectError`` before a byte goes there;
 - names TLS 1.3's late refusal of our certificate instead of a bare reset.
 
 Deliberately NOT done: revocation checks of the server's certificate (no CRL
@@ -29,6 +32,7 @@ import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
+from urllib.parse import urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -38,9 +42,13 @@ from urllib3.util.retry import Retry
 
 from mtls.connection import MtlsConnection
 from mtls.credentials import build_client_context
+from mtls.errors import UpstreamRedirectError
 from mtls.identity import format_dn
 
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+#: Same-origin redirects followed per request (requests' default is 30).
+MAX_REDIRECTS = 5
+_DEFAULT_PORTS = {"https": 443, "http": 80}
 
 
 @dataclass(frozen=True)
@@ -91,12 +99,42 @@ class MtlsSession(requests.Session):
             settings.cert, settings.key, settings.ca_certs, settings.key_password
         )
         self.trust_env = False  # env CA bundles and proxies must not widen trust or reroute
+        self.max_redirects = MAX_REDIRECTS  # TooManyRedirects beyond, same origin only
         self.settings = settings
         self.ssl_context = context
         self.client_certificate = leaf
         self.client_dn = format_dn(leaf.subject)
         self.adapters.clear()  # no http:// adapter: plain HTTP fails with InvalidSchema
         self.mount("https://", MtlsAdapter(settings, context, self.client_dn))
+
+    def rebuild_auth(
+        self, prepared_request: requests.PreparedRequest, response: requests.Response
+    ) -> None:
+        """Refuse a redirect that leaves the origin, before anything is sent there.
+
+        requests' Session follows redirects itself (urllib3's ``Retry``, whose
+        ``redirect=0`` we set, never sees them) and would hand our client
+        certificate, and the request, to whatever server a ``Location`` names.
+        requests strips an ``Authorization`` header on a host change
+        (``should_strip_auth``); a certificate cannot be stripped from a
+        handshake, so the redirect is refused instead. This is the hook
+        requests calls on every hop once the next URL is final (relative and
+        scheme-relative ``Location`` resolved) and right before it is sent.
+        """
+        source = str(response.url)
+        target = str(prepared_request.url)
+        origin = _origin(source)
+        if origin is None or _origin(target) != origin:
+            raise UpstreamRedirectError(
+                f"{self.settings.peer_name} at {origin or source} redirected "
+                f"{response.request.method} {urlsplit(source).path or '/'} to {target}: "
+                "another origin (scheme, host and port must stay the same), not followed, "
+                "nothing was sent there; point the URL at the server's final address "
+                "or fix its redirect",
+                origin=origin or source,
+                target=target,
+            )
+        super().rebuild_auth(prepared_request, response)  # type: ignore[no-untyped-call]  # stubs
 
 
 def make_session(settings: ClientSettings) -> MtlsSession:
@@ -116,6 +154,21 @@ def tls_facts(response: requests.Response) -> TlsFacts:
 
 # Keyed by the response object, so the facts live exactly as long as it does.
 _FACTS: weakref.WeakKeyDictionary[requests.Response, TlsFacts] = weakref.WeakKeyDictionary()
+
+
+def _origin(url: str) -> str | None:
+    """``scheme://host:port`` with the default port filled in; None for an unparsable URL."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:  # a port that is not a number in 0-65535, a bad [IPv6] host
+        return None
+    scheme = parts.scheme.lower()
+    host = parts.hostname or ""
+    port = port or _DEFAULT_PORTS.get(scheme)
+    if not host or port is None:
+        return None
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
 class _RetryDroppedConnection(Retry):

@@ -47,6 +47,20 @@ class UpstreamIdentityError(UpstreamError):
     """
 
 
+class UpstreamRedirectError(UpstreamError):
+    """The server redirected us to another origin (scheme, host or port).
+
+    Following it would present our client certificate, and send the request,
+    to a server we were never configured to call. Raised before a single byte
+    goes to the other origin; ``origin`` and ``target`` are both named.
+    """
+
+    def __init__(self, message: str, *, origin: str, target: str) -> None:
+        super().__init__(message)
+        self.origin = origin
+        self.target = target
+
+
 class ClientCertificateRefusedError(UpstreamError):
     """The server refused our client certificate.
 

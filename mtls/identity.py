@@ -8,6 +8,11 @@ through OpenSSL, so a DN regex written for Apache works here unchanged.
 DNs are printed from the name's DER, not by ``Name.rfc4514_string()``: the
 two differ where a regex cares (order inside a multi-valued RDN, control
 characters, a lone ``#``, ``serialNumber`` vs ``2.5.4.5``, unknown types).
+A peer's names are read from the certificate's DER (``mtls.der``), never
+through ``cert.subject``: cryptography refuses names OpenSSL prints (a CN
+that is a BIT STRING raises TypeError there), and a trusted CA may have
+signed one. A value that is no string type prints as ``#`` + its DER in hex
+(RFC 4514 section 2.4), as OpenSSL prints it.
 Deliberately NOT reproduced: types OpenSSL can name but ``_SHORT_NAMES``
 lacks (printed as ``OID=#hex``, as OpenSSL prints types it cannot name), and
 OpenSSL's byte-wise output for malformed strings (we decode with U+FFFD).
@@ -21,6 +26,8 @@ from dataclasses import dataclass, field
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+
+from mtls.der import certificate_names, elements, oid_text, only
 
 #: Where the worker puts the PeerIdentity (or None) for Python code.
 PEER_ENVIRON_KEY = "mtls.peer"
@@ -58,6 +65,7 @@ _LONG_NAMES = {
 # ASN.1 string tags OpenSSL prints as text (tag2nbyte in a_strex.c); others are hex-dumped.
 _CODECS = {12: "utf-8", 28: "utf-32-be", 30: "utf-16-be"}
 _CODECS.update(dict.fromkeys((18, 19, 20, 22, 23, 24, 26), "latin-1"))
+_BIT_STRING = 0x03
 _RFC2253_SPECIALS = frozenset(',+"\\<>;')
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 _DAY = 86400
@@ -72,7 +80,7 @@ class _Entry:  # one DN attribute, in DER order as OpenSSL's X509_NAME holds it
     tlv: bytes
 
 
-def format_dn(name: x509.Name) -> str:
+def format_dn(name: x509.Name | bytes) -> str:
     """RFC 4514 string, most specific RDN first, no spaces: what DN policies match.
 
     Exactly mod_ssl's SSL_CLIENT_S_DN: ``X509_NAME_print_ex`` with
@@ -80,7 +88,9 @@ def format_dn(name: x509.Name) -> str:
     ``CN=homepage.internal,OU=Services,O=Example``. Non-ASCII stays UTF-8;
     ``,+"\\<>;``, a leading space or ``#`` and a trailing space are
     backslash-escaped; control characters become ``\\XX``; unknown attribute
-    types print as ``OID=#<DER hex>`` (RFC 4514 section 2.4).
+    types print as ``OID=#<DER hex>`` (RFC 4514 section 2.4), and so does a
+    value of a type that is no string (a BIT STRING CN). ``name`` may be the
+    Name's DER; a malformed one raises ValueError, any value prints.
     """
     parts: list[str] = []
     previous: int | None = None
@@ -132,12 +142,20 @@ def remaining_days(not_after: datetime.datetime, now: datetime.datetime) -> int:
 def peer_from_der(der: bytes) -> x509.Certificate:
     """Parse ``SSLSocket.getpeercert(binary_form=True)``, and everything we read from it.
 
-    cryptography parses names and extensions lazily and is stricter than
-    OpenSSL, so touch them here: a ValueError surfaces once, where the
-    worker can refuse the connection, not later inside a request.
+    cryptography parses extensions lazily and is stricter than OpenSSL, so
+    touch them here, and print both names from the DER: any failure
+    surfaces once, as a ValueError, where the worker refuses the connection,
+    not later inside a request (nor as a TypeError logged with a traceback).
     """
-    cert = x509.load_der_x509_certificate(der)
-    _ = (cert.subject, cert.issuer, cert.extensions, cert.not_valid_after_utc)
+    try:
+        cert = x509.load_der_x509_certificate(der)
+        _ = (cert.extensions, cert.not_valid_before_utc, cert.not_valid_after_utc)
+        for name in _names(cert):
+            format_dn(name)
+    except ValueError:
+        raise
+    except (TypeError, x509.UnsupportedGeneralNameType) as exc:
+        raise ValueError(f"certificate cannot be read: {exc}") from exc
     return cert
 
 
@@ -163,9 +181,10 @@ class PeerIdentity:
     @classmethod
     def from_certificate(cls, cert: x509.Certificate) -> PeerIdentity:
         sans = _sans(cert)
+        issuer, subject = _names(cert)
         return cls(
-            subject_dn=format_dn(cert.subject),
-            issuer_dn=format_dn(cert.issuer),
+            subject_dn=format_dn(subject),
+            issuer_dn=format_dn(issuer),
             serial=format_serial(cert.serial_number),
             not_before=cert.not_valid_before_utc,
             not_after=cert.not_valid_after_utc,
@@ -206,11 +225,12 @@ def build_tls_environ(
 
 
 def _certificate_vars(cert: x509.Certificate, now: datetime.datetime) -> dict[str, str]:
+    issuer, subject = _names(cert)
     env = {
         "SSL_CLIENT_M_VERSION": str(cert.version.value + 1),
         "SSL_CLIENT_M_SERIAL": format_serial(cert.serial_number),
-        "SSL_CLIENT_S_DN": format_dn(cert.subject),
-        "SSL_CLIENT_I_DN": format_dn(cert.issuer),
+        "SSL_CLIENT_S_DN": format_dn(subject),
+        "SSL_CLIENT_I_DN": format_dn(issuer),
         "SSL_CLIENT_V_START": format_time(cert.not_valid_before_utc),
         "SSL_CLIENT_V_END": format_time(cert.not_valid_after_utc),
         "SSL_CLIENT_V_REMAIN": str(remaining_days(cert.not_valid_after_utc, now)),
@@ -218,8 +238,8 @@ def _certificate_vars(cert: x509.Certificate, now: datetime.datetime) -> dict[st
         "SSL_CLIENT_A_SIG": _LONG_NAMES.get(cert.signature_algorithm_oid.dotted_string, "UNKNOWN"),
         "SSL_CLIENT_CERT": cert.public_bytes(serialization.Encoding.PEM).decode("ascii"),
     }
-    env.update(_dn_vars("SSL_CLIENT_S_DN_", cert.subject))
-    env.update(_dn_vars("SSL_CLIENT_I_DN_", cert.issuer))
+    env.update(_dn_vars("SSL_CLIENT_S_DN_", subject))
+    env.update(_dn_vars("SSL_CLIENT_I_DN_", issuer))
     for kind, values in _sans(cert).items():
         for index, value in enumerate(values):
             # mod_ssl escapes control characters in SAN values too (asn1_string_to_utf8).
@@ -227,7 +247,7 @@ def _certificate_vars(cert: x509.Certificate, now: datetime.datetime) -> dict[st
     return env
 
 
-def _dn_vars(prefix: str, name: x509.Name) -> dict[str, str]:
+def _dn_vars(prefix: str, name: bytes) -> dict[str, str]:
     """mod_ssl's extract_dn: DER order, first ``<prefix>OU``, then ``OU_1``, ``OU_2``...
 
     Values are unescaped text (ESC_CTRL | UTF8_CONVERT only): ``Smith, John``.
@@ -267,7 +287,10 @@ def _print_value(entry: _Entry, *, rfc2253: bool) -> str:
     codec = _CODECS.get(entry.tag)
     if codec is None and rfc2253:
         return "#" + entry.tlv.hex().upper()  # ASN1_STRFLGS_DUMP_UNKNOWN | DUMP_DER
-    return _escape(entry.content.decode(codec or "latin-1", "replace"), rfc2253=rfc2253)
+    # An unknown type prints byte by byte; OpenSSL keeps a BIT STRING's bits
+    # without the leading unused-bits octet (X.690 8.6.2), so that is not printed.
+    content = entry.content[1:] if entry.tag == _BIT_STRING else entry.content
+    return _escape(content.decode(codec or "latin-1", "replace"), rfc2253=rfc2253)
 
 
 def _escape(text: str, *, rfc2253: bool) -> str:
@@ -294,44 +317,26 @@ def _escape(text: str, *, rfc2253: bool) -> str:
     return "".join(out)
 
 
-def _entries(name: x509.Name) -> list[_Entry]:
+def _names(cert: x509.Certificate) -> tuple[bytes, bytes]:
+    """(issuer, subject) DER, read without cryptography's Name (module docstring)."""
+    return certificate_names(cert.tbs_certificate_bytes)
+
+
+def _entries(name: x509.Name | bytes) -> list[_Entry]:
     """Walk Name ::= SEQUENCE OF SET OF SEQUENCE {type OID, value ANY} (RFC 5280 4.1.2.4)."""
-    ((_, rdns, _),) = _children(name.public_bytes())
+    der = name if isinstance(name, bytes) else name.public_bytes()
     entries = []
-    for index, (_, rdn, _) in enumerate(_children(rdns)):
-        for _, attribute, _ in _children(rdn):
-            (_, oid, _), (tag, content, tlv) = _children(attribute)
-            entries.append(_Entry(index, _oid_text(oid), tag, content, tlv))
+    for index, rdn in enumerate(elements(only(der, 0x30, "Name").content)):
+        if rdn.tag != 0x31:
+            raise ValueError("a Name holds something other than a SET (RDN)")
+        for attribute in elements(rdn.content):
+            parts = elements(attribute.content) if attribute.tag == 0x30 else []
+            if len(parts) != 2 or parts[0].tag != 0x06:
+                raise ValueError("an RDN holds something other than a (type OID, value) pair")
+            oid, value = parts
+            entry = _Entry(index, oid_text(oid.content), value.tag, value.content, value.tlv)
+            entries.append(entry)
     return entries
-
-
-def _children(data: bytes) -> list[tuple[int, bytes, bytes]]:
-    """The DER elements (one-byte tag, definite length) in ``data``: (tag, content, TLV)."""
-    elements, position = [], 0
-    while position < len(data):
-        start, tag, length = position, data[position], data[position + 1]
-        position += 2
-        if length & 0x80:
-            size = length & 0x7F
-            length = int.from_bytes(data[position : position + size], "big")
-            position += size
-        if position + length > len(data):
-            raise ValueError("DER element in a name overruns its container")
-        elements.append((tag, data[position : position + length], data[start : position + length]))
-        position += length
-    return elements
-
-
-def _oid_text(der: bytes) -> str:
-    """Dotted form of a DER OBJECT IDENTIFIER (X.690 8.19)."""
-    arcs, value = [], 0
-    for byte in der:
-        value = value << 7 | byte & 0x7F
-        if not byte & 0x80:
-            arcs.append(value)
-            value = 0
-    first = min(arcs[0] // 40, 2)
-    return ".".join(str(arc) for arc in (first, arcs[0] - 40 * first, *arcs[1:]))
 
 
 def _utc(moment: datetime.datetime) -> datetime.datetime:

@@ -25,8 +25,10 @@ from pki.index import Index, dump_index, entry_for
 from pki.keys import KeyType
 
 CA_FILES = ("root.crt", "root.key", "global.crt", "global.key")
-#: Names whose files would overwrite the CA's own.
-RESERVED = frozenset({"root", "global", "crl", "index"})
+#: Names whose files would overwrite the CA's own (and the demo's rogue root, rogue-ca.crt).
+RESERVED = frozenset({"root", "global", "crl", "index", "rogue-ca"})
+#: NAME-chain.crt is NAME's: a leaf named X-chain would write X-chain.crt over X's chain.
+CHAIN_SUFFIX = "-chain"
 CRL_DAYS = 7
 ROOT_DAYS = 3650
 GLOBAL_DAYS = 1825
@@ -79,7 +81,31 @@ class LeafRequest:
 
 
 def leaf_files(name: str) -> tuple[str, str, str]:
-    return f"{name}.key", f"{name}.crt", f"{name}-chain.crt"
+    return f"{name}.key", f"{name}.crt", f"{name}{CHAIN_SUFFIX}.crt"
+
+
+def check_leaf_name(name: str) -> str:
+    """A name whose files (``leaf_files`` + NAME.p12) are its own, whatever else exists.
+
+    Refused with or without --force: the files would belong to another
+    identity (X-chain.crt is X's chain file) or to the CA. The rule is on the
+    name alone, not on what the directory holds today, so it cannot be
+    sidestepped by issuing the two names in the other order.
+    """
+    names.check_file_stem(name)
+    if name in RESERVED:
+        raise InvalidNameError(
+            f"name {name!r} is reserved: {name}.* files belong to the CA directory itself; "
+            "pick another name"
+        )
+    if name.endswith(CHAIN_SUFFIX):
+        owner = name.removesuffix(CHAIN_SUFFIX)
+        raise InvalidNameError(
+            f"name {name!r} ends in {CHAIN_SUFFIX!r}: its certificate {name}.crt would be "
+            f"the chain file of {owner!r} ({leaf_files(owner)[2]}); pick a name that does "
+            f"not end in {CHAIN_SUFFIX}, e.g. {owner}-2"
+        )
+    return name
 
 
 @dataclass(frozen=True)
@@ -242,9 +268,7 @@ def plan_issue(
     force: bool = False,
     now: datetime.datetime | None = None,
 ) -> store.Plan:
-    if request.name in RESERVED:
-        raise InvalidNameError(f"name {request.name!r} is reserved for the CA's own files")
-    names.check_file_stem(request.name)
+    check_leaf_name(request.name)
     global_ca = ca.load_global()
     index = ca.load_index()
     files = [*leaf_files(request.name), *([f"{request.name}.p12"] if p12_password else [])]

@@ -21,8 +21,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
 
-from mtls.client import ClientSettings, MtlsSession, make_session, tls_facts
-from mtls.errors import CertificateFileError, ClientCertificateRefusedError, UpstreamIdentityError
+from mtls.client import MAX_REDIRECTS, ClientSettings, MtlsSession, make_session, tls_facts
+from mtls.errors import (
+    CertificateFileError,
+    ClientCertificateRefusedError,
+    UpstreamIdentityError,
+    UpstreamRedirectError,
+)
 from tests.tls_stub import (
     DROP,
     HANG,
@@ -242,6 +247,63 @@ def test_post_is_not_retried_when_the_pooled_connection_was_dropped(
         ("GET", 1, 1),
         ("POST", 1, 2),
     ]
+
+
+def redirect(location: str) -> Reply:
+    return Reply(302, {"message": "moved"}, headers=(("Location", location),))
+
+
+@pytest.mark.parametrize(
+    "location",
+    [
+        "https://127.0.0.1:{other}/collect",  # another port
+        "//127.0.0.1:{other}/collect",  # scheme-relative, another port
+        "https://localhost:{other}/collect",  # another host and port
+        "https://localhost:{self}/collect",  # the same address under another host name
+        "http://127.0.0.1:{self}/collect",  # another scheme
+    ],
+    ids=["port", "scheme-relative", "host-and-port", "host-name", "scheme"],
+)
+def test_redirect_to_another_origin_is_refused_before_anything_reaches_it(
+    session: MtlsSession, serve: Serve, location: str
+) -> None:
+    other = serve(lambda seen: Reply(200, {"collected": True}))
+    ports = {"other": other.server_address[1]}
+    server = serve(lambda seen: redirect(location.format(**ports)) if seen.nth == 1 else Reply())
+    ports["self"] = server.server_address[1]
+
+    with pytest.raises(UpstreamRedirectError) as caught:
+        session.get(f"{server.url}/users/1")
+
+    target = location.format(**ports).removeprefix("//")
+    assert str(caught.value).startswith(
+        f"the User Service at {server.url} redirected GET /users/1 to "
+    )
+    assert target in caught.value.target
+    assert "another origin" in str(caught.value)
+    assert (other.connections, other.handshake_errors, other.seen) == (0, [], [])
+    assert [(s.connection, s.path) for s in server.seen] == [(1, "/users/1")]
+
+
+def test_same_origin_redirect_is_followed(session: MtlsSession, serve: Serve) -> None:
+    server = serve(lambda seen: redirect("/users/1") if seen.path == "/old" else Reply(200, ADA))
+
+    response = session.get(f"{server.url}/old")
+
+    assert response.json() == ADA
+    assert [r.status_code for r in response.history] == [302]
+    assert [s.path for s in server.seen] == ["/old", "/users/1"]
+
+
+def test_same_origin_redirect_loop_stops_after_the_limit(
+    session: MtlsSession, serve: Serve
+) -> None:
+    server = serve(lambda seen: redirect("/loop"))
+
+    with pytest.raises(requests.TooManyRedirects, match=f"Exceeded {MAX_REDIRECTS} redirects"):
+        session.get(f"{server.url}/loop")
+
+    assert len(server.seen) == 1 + MAX_REDIRECTS
 
 
 @pytest.fixture

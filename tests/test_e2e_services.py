@@ -124,6 +124,23 @@ def test_whoami_shows_any_verified_caller_what_the_server_sees(
     assert me["san_dns"] == ["eventservice.internal"]
 
 
+def test_deeply_nested_json_is_a_json_400_through_gunicorn(
+    services: tuple[Server, Server], demo_pki: Path
+) -> None:
+    user, _ = services
+    code, status, body = curl(
+        *as_client(demo_pki, "homepage"),
+        *("-H", "Content-Type: application/json", "--data-binary", "[" * 5000),
+        f"https://localhost:{user.port}/users",
+    )
+    assert (code, status) == (0, "400")
+    assert json.loads(body) == {
+        "message": "Invalid input.",
+        "errors": {"_schema": ["Malformed JSON: nested too deeply."]},
+    }
+    assert "RecursionError" not in user.log()
+
+
 def test_user_service_access_log_names_the_caller(
     services: tuple[Server, Server], demo_pki: Path
 ) -> None:

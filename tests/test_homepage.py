@@ -199,6 +199,24 @@ def test_user_service_with_an_unexpected_dn_gives_a_502_page(homepage: MakeClien
     assert "The User Service could not prove its identity" in text(response)
 
 
+def test_user_service_redirecting_elsewhere_gives_a_502_page_and_nothing_reaches_the_target(
+    homepage: MakeClient, demo_pki: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    collector = StubServer(server_context(demo_pki), lambda seen: Reply(200, ADA))
+    with serving(collector):
+        moved = Reply(302, {}, headers=(("Location", f"{collector.url}/collect"),))
+        with caplog.at_level(logging.WARNING, logger="homepage.upstream"):
+            response = homepage(lambda seen: moved).get("/")
+
+    page = text(response)
+    assert response.status_code == 502
+    assert "The User Service redirected us to another server</h1>" in page
+    assert collector.url not in page
+    assert "Traceback" not in page
+    assert (collector.connections, collector.handshake_errors, collector.seen) == (0, [], [])
+    assert f"to {collector.url}/collect: another origin" in caplog.text
+
+
 def test_user_service_too_slow_gives_a_503_page_with_the_timeout(homepage: MakeClient) -> None:
     client = homepage(lambda seen: HANG, env={"HOMEPAGE_READ_TIMEOUT": "0.5"})
     response = client.get("/")

@@ -426,6 +426,32 @@ def test_peer_identity_from_certificate(ca: Issued) -> None:
     assert PEER_ENVIRON_KEY == "mtls.peer"
 
 
+def typed_cn(value: str | bytes, kind: _ASN1Type) -> x509.Name:
+    """O=Example, CN of any ASN.1 type. cryptography builds a BIT STRING only for
+    x500UniqueIdentifier: made as one, the attribute then gets the CN's type."""
+    oid = NameOID.X500_UNIQUE_IDENTIFIER if kind is _ASN1Type.BitString else CN
+    attribute = x509.NameAttribute(oid, value, _type=kind)
+    object.__setattr__(attribute, "_oid", CN)
+    return x509.Name([attr(ORG, "Example"), attribute])
+
+
+@needs_openssl
+def test_a_bit_string_cn_prints_as_openssl_prints_it(ca: Issued) -> None:
+    # OpenSSL verifies such a certificate (a CA may sign one); cryptography's
+    # cert.subject raises TypeError on it. OCTET STRING or time CNs, OpenSSL
+    # refuses to load at all, so they never get past a handshake.
+    cert = leaf(ca, typed_cn(b"\x00\xffab", _ASN1Type.BitString), uris=["spiffe://ex.org/odd"])
+    peer = peer_from_der(cert.public_bytes(serialization.Encoding.DER))  # no TypeError
+    env = build_tls_environ(
+        protocol="TLSv1.3", cipher="X", sni=None, resumed=False, peer=peer, now=NOW
+    )
+    assert env["SSL_CLIENT_S_DN"] == openssl_dn(peer) == "CN=#030400FF6162,O=Example"
+    assert PeerIdentity.from_certificate(peer).subject_dn == env["SSL_CLIENT_S_DN"]
+    assert env["SSL_CLIENT_I_DN"] == "CN=Example Global CA,O=Example"
+    lines = openssl(peer, "-subject", "-nameopt", "esc_ctrl,utf8,sname,sep_multiline")
+    assert f"    CN={env['SSL_CLIENT_S_DN_CN']}" in lines.splitlines()  # mod_ssl's unescaped row
+
+
 def test_peer_from_der_round_trips_and_rejects_garbage(ca: Issued) -> None:
     cert = leaf(ca, make_name("svc.internal"))
     assert peer_from_der(cert.public_bytes(serialization.Encoding.DER)) == cert

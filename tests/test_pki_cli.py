@@ -228,6 +228,30 @@ def test_issue_with_bad_input_exits_2_and_touches_nothing(
     assert snapshot(ca) == before
 
 
+@pytest.mark.parametrize("force", [(), ("--force",)], ids=["plain", "force"])
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("homepage-chain", r"name 'homepage-chain' ends in '-chain': its certificate "
+         r"homepage-chain\.crt would be the chain file of 'homepage' \(homepage-chain\.crt\); "
+         r"pick a name that does not end in -chain, e\.g\. homepage-2$"),
+        ("nobody-yet-chain", r"would be the chain file of 'nobody-yet'"),  # X need not exist
+        ("global", r"name 'global' is reserved: global\.\* files belong to the CA directory"),
+        ("index", r"name 'index' is reserved"),
+        ("crl", r"name 'crl' is reserved"),
+        ("rogue-ca", r"name 'rogue-ca' is reserved"),
+    ],
+)  # fmt: skip
+def test_issue_refuses_a_name_whose_files_belong_to_another_identity(
+    run: Run, ca: Path, name: str, message: str, force: tuple[str, ...]
+) -> None:
+    assert run("issue", "homepage", "--dir", ca, "--both", "--dns", "localhost")[0] == 0
+    before = snapshot(ca)
+    refused(run("issue", name, "--dir", ca, "--client", *force), message)
+    assert snapshot(ca) == before
+    assert load(ca, "homepage").chain  # homepage's chain file is still its own
+
+
 def test_issue_with_empty_password_file_exits_2_and_touches_nothing(
     run: Run, ca: Path, tmp_path: Path
 ) -> None:

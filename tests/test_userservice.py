@@ -365,6 +365,60 @@ def test_a_null_field_is_refused(app: flask.Flask) -> None:
     assert errors == {"name": ["Field may not be null."]}
 
 
+WRITES = pytest.mark.parametrize(("method", "path"), [("POST", "/users"), ("PATCH", "/users/1")])
+
+
+@WRITES
+@pytest.mark.parametrize("body", ["[" * 5000, '{"a":' * 3000, "[" * 2000 + "]" * 2000])
+def test_deeply_nested_json_is_a_400_not_a_500(
+    app: flask.Flask, method: str, path: str, body: str
+) -> None:
+    response = call(app, method, path, data=body, content_type="application/json")
+    assert errors_of(response) == {"_schema": ["Malformed JSON: nested too deeply."]}
+    assert call(app, "GET", "/users/1").get_json() == ADA
+
+
+@WRITES
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [
+        ("1" * 5000, "Malformed JSON: Exceeds the limit (4300 digits)"),
+        ('{"name": 1e999}', "Not a valid string."),
+        (b'{"name": "\xc3\x28"}', "Malformed JSON: 'utf-8' codec can't decode"),
+        (b'{"name": "\xed\xa0\x80"}', "Not valid Unicode"),  # json decodes surrogatepass
+        ("[]", "Invalid input type."),
+        ('"Ada"', "Invalid input type."),
+        ("null", "Invalid input type."),
+        ("12", "Invalid input type."),
+        ('{"name": "A", "name": "B"}', "Malformed JSON: repeated name in an object: 'name'."),
+    ],
+    ids=[
+        "huge-int", "huge-float", "bad-utf8", "utf8-surrogate", "array", "string", "null",
+        "number", "repeated-name",
+    ],
+)  # fmt: skip
+def test_odd_json_is_a_400_naming_the_problem(
+    app: flask.Flask, method: str, path: str, body: str | bytes, error: str
+) -> None:
+    response = call(app, method, path, data=body, content_type="application/json")
+    messages = [m for field in errors_of(response).values() for m in field]
+    assert any(m.startswith(error) for m in messages), messages
+    assert call(app, "GET", "/users/1").get_json() == ADA
+
+
+@WRITES
+@pytest.mark.parametrize("field", ["name", "email", "phone"])
+def test_a_lone_surrogate_is_refused_in_every_field(
+    app: flask.Flask, method: str, path: str, field: str
+) -> None:
+    value = {"name": "Ada \ud800", "email": "ada@\ud800.org", "phone": "+44 20 7946 \ud800"}
+    body = json.dumps({**NEW_USER, field: value[field]})  # ensure_ascii: the \ud800 escape
+    response = call(app, method, path, data=body, content_type="application/json")
+    assert field in errors_of(response)
+    assert call(app, "GET", "/users/1").get_json() == ADA
+    assert call(app, "GET", "/users").get_json()["total"] == len(DEMO_USERS)
+
+
 @pytest.mark.parametrize(
     ("query", "errors"),
     [

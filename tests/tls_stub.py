@@ -44,6 +44,7 @@ class Reply:
     status: int = 200
     body: Any = None  # JSON-able, or bytes sent as they are
     content_type: str = "application/json"
+    headers: tuple[tuple[str, str], ...] = ()  # extra ones, e.g. (("Location", url),)
 
 
 Action = Reply | Literal["hang", "drop"]
@@ -144,6 +145,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(action.status)
         self.send_header("Content-Type", action.content_type)
         self.send_header("Content-Length", str(len(body)))
+        for name, value in action.headers:
+            self.send_header(name, value)
         self.end_headers()
         self.wfile.write(body)
 

@@ -24,6 +24,10 @@ OFFSET_MAX = 2**31  # far beyond any real table; keeps SQLite's integer happy
 
 _PHONE = re.compile(r"\+[1-9][0-9]*(?:[ -][0-9]+)*")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# JSON's \uD800-\uDFFF escapes can spell a lone surrogate: not a character,
+# no UTF-8 form (RFC 8259 section 8.2), so SQLite could not even store it.
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+_NOT_UNICODE = "Not valid Unicode: a lone surrogate (\\ud800-\\udfff) is not a character."
 
 
 def validate_phone(value: str) -> None:
@@ -63,6 +67,13 @@ class UserCreateSchema(Schema):
     )
     email = fields.Email(required=True, validate=validate.Length(max=254))
     phone = fields.String(required=True, validate=validate_phone)
+
+    @validates_schema(skip_on_field_errors=False)  # reported with the others, all at once
+    def _valid_unicode(self, data: dict[str, Any], **kwargs: Any) -> None:
+        """Every field, whatever its own rule lets through (Email takes any Unicode domain)."""
+        bad = [name for name, value in data.items() if _SURROGATE.search(str(value))]
+        if bad:
+            raise ValidationError({name: [_NOT_UNICODE] for name in bad})
 
 
 class UserPatchSchema(UserCreateSchema):

@@ -106,18 +106,34 @@ def _json_body() -> Any:
     """The request body as JSON, or BadInput saying what is wrong with it.
 
     Reading the body enforces MAX_CONTENT_LENGTH (413) before any parsing.
+    Refused as malformed besides what ``json`` refuses: NaN/Infinity (not
+    JSON, RFC 8259 section 6), an object with a repeated name (RFC 8259
+    section 4 leaves its meaning open: which ``name`` would we store?), and
+    nesting deeper than the parser's recursion limit (``json`` is recursive;
+    our objects are flat, so any depth that hits it is garbage, not a user).
+    Integers over 4,300 digits are refused by Python itself (ValueError).
     """
     if not request.is_json:
         raise BadInput({"_schema": ["Content-Type must be application/json."]})
     raw = request.get_data(cache=False)
     try:
-        return json.loads(raw, parse_constant=_refuse_constant)
-    except ValueError as exc:  # JSONDecodeError, bad UTF-8, NaN/Infinity
+        return json.loads(raw, parse_constant=_refuse_constant, object_pairs_hook=_unique_names)
+    except ValueError as exc:  # JSONDecodeError, bad UTF-8, NaN/Infinity, repeated names
         raise BadInput({"_schema": [f"Malformed JSON: {exc}."]}) from exc
+    except RecursionError as exc:
+        raise BadInput({"_schema": ["Malformed JSON: nested too deeply."]}) from exc
 
 
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
+
+
+def _unique_names(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        repeated = sorted({name for name, _ in pairs if sum(n == name for n, _ in pairs) > 1})
+        raise ValueError(f"repeated name in an object: {', '.join(map(repr, repeated))}")
+    return obj
 
 
 def _load(schema: Schema, data: Any, *, partial: bool = False) -> dict[str, Any]:
