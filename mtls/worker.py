@@ -20,7 +20,6 @@ Methods say which thread runs them, as gthread's do.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import datetime
 import errno
@@ -33,132 +32,24 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent import futures
 from functools import partial
-from typing import Any, Literal
+from typing import Any
 
-from gunicorn import http, util
-from gunicorn.workers.gthread import STOP_KEEPALIVE_LINGER, TConn, ThreadWorker
+from gunicorn import http
+from gunicorn.workers.gthread import STOP_KEEPALIVE_LINGER, ThreadWorker
 
-from mtls.errors import ConfigError, ProxyHeaderError
+from mtls.admission import WaitingSet
+from mtls.errors import ConfigError
 from mtls.failures import describe_handshake_error
 from mtls.identity import PEER_ENVIRON_KEY, PeerIdentity, build_tls_environ, peer_from_der
 from mtls.linger import Lingerer
-from mtls.proxyproto import Incomplete, looks_like_proxy_header, parse_proxy_header
+from mtls.proxyphase import ProxyHeaderReader, Refuse, Step, Wait, refuse_unexpected_header
 from mtls.requesthead import head_limit, ready_for_thread
+from mtls.serverconn import BoundedSSLSocket, MtlsConn, format_addr
 from mtls.serverstate import TlsState
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
-# Where a connection is on its way to a pool thread. Each value once:
-#   proxy     reading the PROXY header (peer in MTLS_PROXY_ALLOW_FROM)
-#   sniff     checking that a peer NOT allowed to send a PROXY header did not
-#   tls       TLS handshake in progress
-#   idle      handshaken, waiting on the poller for (the rest of) a request head
-#   busy      queued for, or in, a pool thread
-#   closed    refused or finished; nothing may touch it again
-Phase = Literal["proxy", "sniff", "tls", "idle", "busy", "closed"]
-
-# Enough for any PROXY v1 line and a v2 header with the TLVs HAProxy sends.
-_PEEK_SIZE = 16 + 1024 + 64
 _RECV_SIZE = 64 * 1024
-# How many of the oldest handshakes to scan for a silent one to drop first.
-_EVICTION_SCAN = 64
-
-
-class BoundedSSLSocket(ssl.SSLSocket):
-    """An SSLSocket whose "blocking" mode waits ``io_timeout`` at most.
-
-    gthread's ``handle()`` calls ``setblocking(True)`` before every request,
-    which would wait forever on a peer that stops sending its body or stops
-    reading our response. A stall surfaces as ``TimeoutError`` carrying
-    ECONNRESET, which gthread logs at DEBUG like the reset it amounts to
-    (and its own deadline-bounded body drain still recognises as a timeout).
-    """
-
-    io_timeout: float | None = None
-
-    def setblocking(self, flag: bool) -> None:
-        if flag and self.io_timeout is not None:
-            self.settimeout(self.io_timeout)
-        else:
-            super().setblocking(flag)
-
-    def recv(self, buflen: int = 1024, flags: int = 0) -> bytes:
-        with self._stall_as_reset("read"):
-            return super().recv(buflen, flags)
-
-    def recv_into(self, buffer: Any, nbytes: int | None = None, flags: int = 0) -> int:
-        with self._stall_as_reset("read"):
-            return super().recv_into(buffer, nbytes, flags)
-
-    def send(self, data: Any, flags: int = 0) -> int:
-        with self._stall_as_reset("write"):
-            return super().send(data, flags)
-
-    def sendall(self, data: Any, flags: int = 0) -> None:
-        with self._stall_as_reset("write"):
-            super().sendall(data, flags)
-
-    @contextlib.contextmanager
-    def _stall_as_reset(self, op: str) -> Any:
-        try:
-            yield
-        except TimeoutError:
-            raise TimeoutError(
-                errno.ECONNRESET, f"peer stalled: no {op} progress within {self.gettimeout()}s"
-            ) from None
-
-
-class MtlsConn(TConn):  # type: ignore[misc]
-    """A connection on its way through the phases; only ``busy`` ones are in a thread."""
-
-    initialized: bool
-    sock: socket.socket
-
-    def __init__(self, cfg: Any, sock: socket.socket, client: Any, server: Any) -> None:
-        super().__init__(cfg, sock, client, server)
-        self.raw = sock
-        self.phase: Phase = "tls"
-        self.accepted_at = time.monotonic()
-        # The current phase's deadline (monotonic seconds).
-        self.deadline = 0.0
-        # Whether the peer has sent anything yet: silent peers are dropped first.
-        self.heard_from = False
-        self.proxy_buffer = b""
-        self.head = b""
-        self.registered = False
-        self.tls_environ: dict[str, str] = {}
-        self.peer: PeerIdentity | None = None
-        self.cert: Any = None
-        self.close_after_response = False
-        self.requests_served = 0
-        self.linger: Lingerer | None = None
-
-    def init(self) -> None:
-        # Runs in a pool thread. The handshake and the parser were set up on
-        # the main thread already (identify); nothing is left to do here.
-        return
-
-    def close(self, graceful: bool = False) -> None:
-        send_close_notify(self.sock)
-        if graceful and self.linger is not None:
-            self.linger.close_gracefully(self.sock)
-            return
-        util.close(self.sock)
-
-
-def send_close_notify(sock: socket.socket) -> None:
-    """Send TLS close_notify without waiting for the peer's (RFC 8446 6.1).
-
-    Without it, a client cannot tell a complete response from a truncation.
-    Non-blocking, so a peer that never answers cannot hold the thread.
-    """
-    if not isinstance(sock, ssl.SSLSocket):
-        return
-    try:
-        sock.setblocking(False)
-        sock.unwrap()
-    except (ssl.SSLError, OSError, ValueError):
-        pass  # close_notify went out (or the peer is gone); nothing to wait for
 
 
 class MtlsWorker(ThreadWorker):  # type: ignore[misc]
@@ -171,9 +62,10 @@ class MtlsWorker(ThreadWorker):  # type: ignore[misc]
         # Handed over by the master in the pre_fork hook (mtls.hooks): one
         # context for all workers, built and validated before the fork.
         self.tls_state: TlsState | None = None
-        # Insertion order is age order: the first entry is the oldest.
-        self.handshaking: collections.OrderedDict[MtlsConn, None] = collections.OrderedDict()
-        self.idle: collections.OrderedDict[MtlsConn, None] = collections.OrderedDict()
+        # Connections in PROXY/TLS, and handshaken ones waiting for a request:
+        # bounded, dropping their oldest (mtls.admission); sized in init_process.
+        self.handshaking: WaitingSet[MtlsConn] = WaitingSet(1, started=_has_spoken)
+        self.idle: WaitingSet[MtlsConn] = WaitingSet(1, started=_has_begun_a_request)
         self._local = threading.local()
         self._quitting = False
         self._head_limit = 0
@@ -199,6 +91,8 @@ class MtlsWorker(ThreadWorker):  # type: ignore[misc]
                 "with `-c gunicorn_conf.py` (its pre_fork hook hands the context over)"
             )
         self.tls_state.context.sslsocket_class = BoundedSSLSocket
+        self.handshaking.limit = self.tls_state.settings.max_handshakes
+        self.idle.limit = self.worker_connections
         self._head_limit = head_limit(self.cfg)
         _raise_fd_limit()
         super().init_process()
@@ -256,11 +150,17 @@ class MtlsWorker(ThreadWorker):  # type: ignore[misc]
         conn = MtlsConn(self.cfg, sock, addr, listener.getsockname())
         conn.linger = self.lingerer
         conn.deadline = conn.accepted_at + settings.handshake_timeout
-        if len(self.handshaking) >= settings.max_handshakes:
-            self._evict_handshake()
-        self.handshaking[conn] = None
-        if settings.proxy_protocol != "off" and isinstance(addr, tuple):
-            conn.phase = "proxy" if settings.proxy_allowed(addr[0]) else "sniff"
+        dropped = self.handshaking.add(conn)
+        if dropped is not None:
+            limit = settings.max_handshakes
+            self._refuse(dropped, f"dropped: {limit} handshakes in progress (MTLS_MAX_HANDSHAKES)")
+        mode = settings.proxy_protocol
+        if mode != "off" and isinstance(addr, tuple):
+            if settings.proxy_allowed(addr[0]):
+                conn.phase = "proxy"
+                conn.proxy_reader = ProxyHeaderReader(mode)
+            else:
+                conn.phase = "sniff"
         else:
             conn.phase = "tls"
         self._advance(conn)
@@ -292,49 +192,21 @@ class MtlsWorker(ThreadWorker):  # type: ignore[misc]
     # -- PROXY header (main thread) ------------------------------------------
 
     def _read_proxy_header(self, conn: MtlsConn) -> None:
-        try:
-            peeked = conn.raw.recv(_PEEK_SIZE, socket.MSG_PEEK)
-        except BlockingIOError:
-            return self._wait(conn, selectors.EVENT_READ)
-        if not peeked:
-            return self._refuse(conn, "closed before sending its PROXY header")
-        conn.heard_from = True
-        data = conn.proxy_buffer + peeked
-        mode = self.state.settings.proxy_protocol
-        try:
-            info = parse_proxy_header(data, accept=mode)  # type: ignore[arg-type]
-        except Incomplete:
-            if len(data) >= _PEEK_SIZE:
-                return self._refuse(conn, f"PROXY header longer than {_PEEK_SIZE} bytes")
-            # Every byte so far belongs to the header: take them off the
-            # socket, or a level-triggered poll would spin on them.
-            conn.proxy_buffer += conn.raw.recv(len(peeked))
-            return self._wait(conn, selectors.EVENT_READ)
-        except ProxyHeaderError as e:
-            return self._refuse(conn, f"bad PROXY header: {e}")
-        # Consume exactly the header: the ClientHello stays in the socket.
-        remaining = info.header_length - len(conn.proxy_buffer)
-        while remaining > 0:  # the bytes were peeked: they are in the socket already
-            chunk = conn.raw.recv(remaining)
-            if not chunk:
-                return self._refuse(conn, "closed inside its PROXY header")
-            remaining -= len(chunk)
-        conn.proxy_buffer = b""
-        if info.command == "PROXY" and info.source is not None:
-            conn.client = info.source
-        self._start_tls(conn)
-        self._step_handshake(conn)
+        reader = conn.proxy_reader  # set by accept() with the "proxy" phase
+        step = reader.step(conn.raw) if reader else Refuse("internal error: no PROXY reader")
+        self._after_proxy_step(conn, step)
 
     def _refuse_unexpected_proxy_header(self, conn: MtlsConn) -> None:
-        try:
-            peeked = conn.raw.recv(16, socket.MSG_PEEK)
-        except BlockingIOError:
+        self._after_proxy_step(conn, refuse_unexpected_header(conn.raw))
+
+    def _after_proxy_step(self, conn: MtlsConn, step: Step) -> None:
+        if isinstance(step, Wait):
             return self._wait(conn, selectors.EVENT_READ)
-        if not peeked:
-            return self._refuse(conn, "the client closed the connection during the handshake")
         conn.heard_from = True
-        if looks_like_proxy_header(peeked):
-            return self._refuse(conn, "sent a PROXY header but is not in MTLS_PROXY_ALLOW_FROM")
+        if isinstance(step, Refuse):
+            return self._refuse(conn, step.reason)
+        if step.client is not None:
+            conn.client = step.client
         self._start_tls(conn)
         self._step_handshake(conn)
 
@@ -365,9 +237,10 @@ class MtlsWorker(ThreadWorker):  # type: ignore[misc]
 
     def _identify(self, conn: MtlsConn) -> None:
         """Turn the verified handshake into the environ every request of the connection gets."""
-        self.handshaking.pop(conn, None)
+        self.handshaking.discard(conn)
         sock = conn.sock
-        assert isinstance(sock, BoundedSSLSocket)
+        if not isinstance(sock, BoundedSSLSocket):  # the context was not set up by init_process
+            return self._refuse(conn, "internal error: not a TLS socket of this worker")
         now = datetime.datetime.now(datetime.UTC)
         der = sock.getpeercert(binary_form=True)
         try:
@@ -410,9 +283,9 @@ class MtlsWorker(ThreadWorker):  # type: ignore[misc]
         conn.deadline = time.monotonic() + (
             self.state.settings.request_timeout if conn.head else self.cfg.keepalive
         )
-        if len(self.idle) >= self.worker_connections:
-            self._evict_idle()
-        self.idle[conn] = None
+        dropped = self.idle.add(conn)
+        if dropped is not None:
+            self._drop_idle(dropped)
         self._read_head(conn)
 
     def _read_head(self, conn: MtlsConn) -> None:
@@ -438,7 +311,7 @@ class MtlsWorker(ThreadWorker):  # type: ignore[misc]
         self._hand_over(conn)
 
     def _hand_over(self, conn: MtlsConn) -> None:
-        self.idle.pop(conn, None)
+        self.idle.discard(conn)
         self._unregister(conn)
         now = datetime.datetime.now(datetime.UTC)
         if conn.cert is not None:
@@ -473,42 +346,32 @@ class MtlsWorker(ThreadWorker):  # type: ignore[misc]
     def _refuse(self, conn: MtlsConn, reason: str) -> None:
         if conn.phase in ("busy", "closed"):
             return  # in a pool thread, or already closed
-        self.handshaking.pop(conn, None)
-        self.idle.pop(conn, None)
+        self.handshaking.discard(conn)
+        self.idle.discard(conn)
         self._unregister(conn)
         # Before the handshake completes it is a refused handshake; after it,
         # a closed connection (a re-check or a head that never came whole).
         what = "connection closed" if conn.phase == "idle" else "handshake refused"
         conn.phase = "closed"
         self.nr_conns -= 1
-        peer = _format_addr(conn.raw, conn.client)
+        peer = format_addr(conn.raw, conn.client)
         self.log.info("mTLS %s: peer=%s reason=%s", what, peer, reason)
         conn.close()
 
     def _close_idle(self, conn: MtlsConn) -> None:
         if conn.phase == "closed":
             return
-        self.idle.pop(conn, None)
+        self.idle.discard(conn)
         self._unregister(conn)
         conn.phase = "closed"
         self.nr_conns -= 1
         conn.close()
 
-    def _evict_handshake(self) -> None:
-        """Make room for a new connection: the oldest silent handshake goes first."""
-        oldest = list(self.handshaking)[:_EVICTION_SCAN]
-        victim = next((c for c in oldest if not c.heard_from), oldest[0])
-        limit = self.state.settings.max_handshakes
-        self._refuse(victim, f"dropped: {limit} handshakes in progress (MTLS_MAX_HANDSHAKES)")
-
-    def _evict_idle(self) -> None:
-        """Make room: the oldest connection waiting for a request goes first (as nginx does)."""
-        oldest = list(self.idle)[:_EVICTION_SCAN]
-        victim = next((c for c in oldest if not c.head), oldest[0])
-        if victim.head:
-            self._refuse(victim, "dropped inside its request head: too many idle connections")
+    def _drop_idle(self, conn: MtlsConn) -> None:
+        if conn.head:
+            self._refuse(conn, "dropped inside its request: too many idle connections")
         else:
-            self._close_idle(victim)
+            self._close_idle(conn)
 
     def _out_of_descriptors(self) -> None:
         """EMFILE on accept: drop the oldest waiting connection instead of dying."""
@@ -521,27 +384,25 @@ class MtlsWorker(ThreadWorker):  # type: ignore[misc]
                 len(self.handshaking),
                 len(self.idle),
             )
-        if self.handshaking:
-            self._evict_handshake()
-        elif self.idle:
-            self._evict_idle()
+        victim = self.handshaking.victim() or self.idle.victim()
+        if victim is not None and victim in self.handshaking:
+            self._refuse(victim, "dropped: out of file descriptors")
+        elif victim is not None:
+            self._drop_idle(victim)
 
     def murder_pending(self) -> None:
         """Once a second: close whatever is past its phase's deadline."""
         super().murder_pending()
         now = time.monotonic()
         settings = self.state.settings
-        while self.handshaking:
-            conn = next(iter(self.handshaking))
-            if conn.deadline > now:
-                break
+        for conn in self.handshaking.expired(now):
             what = "PROXY header" if conn.phase == "proxy" else "TLS handshake"
             timeout = settings.handshake_timeout
             self._refuse(conn, f"timeout ({what} not completed within {timeout:g}s)")
         if not self.alive and self._stopping_since is None:
             self._stopping_since = now
         # Deadlines differ (keep-alive wait vs. head in progress): scan them all.
-        for conn in list(self.idle):
+        for conn in self.idle:
             if self._stopping_since is not None and conn.requests_served and not conn.head:
                 # As gthread: a stopping worker keeps kept-alive connections
                 # briefly, for a request a client may be sending already.
@@ -558,8 +419,8 @@ class MtlsWorker(ThreadWorker):  # type: ignore[misc]
     def murder_keepalived(self, force: bool = False) -> None:
         super().murder_keepalived(force)
         if force:
-            for conn in list(self.handshaking) + list(self.idle):
-                self.handshaking.pop(conn, None)
+            for conn in [*self.handshaking, *self.idle]:
+                self.handshaking.discard(conn)
                 self._close_idle(conn)
             self.lingerer.close_all()
 
@@ -601,19 +462,17 @@ class MtlsWorker(ThreadWorker):  # type: ignore[misc]
         return super().handle_request(req, conn)
 
 
+def _has_spoken(conn: MtlsConn) -> bool:
+    return conn.heard_from
+
+
+def _has_begun_a_request(conn: MtlsConn) -> bool:
+    return bool(conn.head)
+
+
 def _raise_fd_limit() -> None:
     """Use the hard descriptor limit: every idle peer costs one (nginx: worker_rlimit_nofile)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard != resource.RLIM_INFINITY and soft < hard:
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
-def _format_addr(sock: socket.socket, client: Any) -> str:
-    if isinstance(client, tuple) and len(client) >= 2:
-        host, port = client[0], client[1]
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    try:
-        return str(sock.getpeername())
-    except OSError:
-        return "?"

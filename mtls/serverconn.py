@@ -1,0 +1,139 @@
+"""One server-side connection on its way through the worker, and the TLS socket it ends up on.
+
+mtls.worker moves connections through the phases below on its event loop;
+this module holds what a connection carries between them and the socket
+class whose "blocking" mode is bounded, so a pool thread never waits on a
+peer for ever.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import socket
+import ssl
+import time
+from typing import Any, Literal
+
+from gunicorn import util
+from gunicorn.workers.gthread import TConn
+
+from mtls.identity import PeerIdentity
+from mtls.linger import Lingerer
+from mtls.proxyphase import ProxyHeaderReader
+
+# Where a connection is on its way to a pool thread. Each value once:
+#   proxy     reading the PROXY header (peer in MTLS_PROXY_ALLOW_FROM)
+#   sniff     checking that a peer NOT allowed to send a PROXY header did not
+#   tls       TLS handshake in progress
+#   idle      handshaken, waiting on the poller for (the rest of) a request head
+#   busy      queued for, or in, a pool thread
+#   closed    refused or finished; nothing may touch it again
+Phase = Literal["proxy", "sniff", "tls", "idle", "busy", "closed"]
+
+
+class BoundedSSLSocket(ssl.SSLSocket):
+    """An SSLSocket whose "blocking" mode waits ``io_timeout`` at most.
+
+    gthread's ``handle()`` calls ``setblocking(True)`` before every request,
+    which would wait forever on a peer that stops sending its body or stops
+    reading our response. A stall surfaces as ``TimeoutError`` carrying
+    ECONNRESET, which gthread logs at DEBUG like the reset it amounts to
+    (and its own deadline-bounded body drain still recognises as a timeout).
+    """
+
+    io_timeout: float | None = None
+
+    def setblocking(self, flag: bool) -> None:
+        if flag and self.io_timeout is not None:
+            self.settimeout(self.io_timeout)
+        else:
+            super().setblocking(flag)
+
+    def recv(self, buflen: int = 1024, flags: int = 0) -> bytes:
+        with self._stall_as_reset("read"):
+            return super().recv(buflen, flags)
+
+    def recv_into(self, buffer: Any, nbytes: int | None = None, flags: int = 0) -> int:
+        with self._stall_as_reset("read"):
+            return super().recv_into(buffer, nbytes, flags)
+
+    def send(self, data: Any, flags: int = 0) -> int:
+        with self._stall_as_reset("write"):
+            return super().send(data, flags)
+
+    def sendall(self, data: Any, flags: int = 0) -> None:
+        with self._stall_as_reset("write"):
+            super().sendall(data, flags)
+
+    @contextlib.contextmanager
+    def _stall_as_reset(self, op: str) -> Any:
+        try:
+            yield
+        except TimeoutError:
+            raise TimeoutError(
+                errno.ECONNRESET, f"peer stalled: no {op} progress within {self.gettimeout()}s"
+            ) from None
+
+
+class MtlsConn(TConn):  # type: ignore[misc]
+    """A connection on its way through the phases; only ``busy`` ones are in a thread."""
+
+    initialized: bool
+    sock: socket.socket
+
+    def __init__(self, cfg: Any, sock: socket.socket, client: Any, server: Any) -> None:
+        super().__init__(cfg, sock, client, server)
+        self.raw = sock
+        self.phase: Phase = "tls"
+        self.accepted_at = time.monotonic()
+        # The current phase's deadline (monotonic seconds).
+        self.deadline = 0.0
+        # Whether the peer has sent anything yet: silent peers are dropped first.
+        self.heard_from = False
+        self.proxy_reader: ProxyHeaderReader | None = None
+        self.head = b""
+        self.registered = False
+        self.tls_environ: dict[str, str] = {}
+        self.peer: PeerIdentity | None = None
+        self.cert: Any = None
+        self.close_after_response = False
+        self.requests_served = 0
+        self.linger: Lingerer | None = None
+
+    def init(self) -> None:
+        # Runs in a pool thread. The handshake and the parser were set up on
+        # the main thread already (identify); nothing is left to do here.
+        return
+
+    def close(self, graceful: bool = False) -> None:
+        send_close_notify(self.sock)
+        if graceful and self.linger is not None:
+            self.linger.close_gracefully(self.sock)
+            return
+        util.close(self.sock)
+
+
+def send_close_notify(sock: socket.socket) -> None:
+    """Send TLS close_notify without waiting for the peer's (RFC 8446 6.1).
+
+    Without it, a client cannot tell a complete response from a truncation.
+    Non-blocking, so a peer that never answers cannot hold the thread.
+    """
+    if not isinstance(sock, ssl.SSLSocket):
+        return
+    try:
+        sock.setblocking(False)
+        sock.unwrap()
+    except (ssl.SSLError, OSError, ValueError):
+        pass  # close_notify went out (or the peer is gone); nothing to wait for
+
+
+def format_addr(sock: socket.socket, client: Any) -> str:
+    if isinstance(client, tuple) and len(client) >= 2:
+        host, port = client[0], client[1]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        return str(sock.getpeername())
+    except OSError:
+        return "?"
