@@ -31,9 +31,8 @@ from tests.pkifiles import (
     load_issued,
     write_issued,
 )
-from tests.servers import Server, client_context, running, server_env, start_gunicorn
+from tests.servers import ECHO, Server, client_context, running, server_env, start_gunicorn
 
-ECHO = "echo_app:app"
 REFUSED = "TLS reload refused, keeping the previous certificates"
 HOMEPAGE_DN = "CN=homepage.internal,OU=Services,O=Example"
 

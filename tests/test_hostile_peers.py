@@ -26,9 +26,8 @@ from cryptography.hazmat.primitives import serialization
 
 from pki import authority
 from tests.pkifiles import load_issued, write_issued
-from tests.servers import Server, client_context, running, server_env
+from tests.servers import ECHO, Server, client_context, running, server_env
 
-ECHO = "echo_app:app"
 # A legitimate request must be answered well inside this (the old worker never answered).
 CLIENT_TIMEOUT = 5.0
 

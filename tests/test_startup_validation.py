@@ -350,11 +350,11 @@ def test_every_crl_in_the_file_counts(demo_pki: Path, tmp_path: Path) -> None:
 
 
 def test_rsa_only_suites_with_an_ec_key_are_refused_unless_tls13_only(demo_pki: Path) -> None:
-    seed_suite = {"MTLS_CIPHERS": "ECDHE-RSA-AES256-GCM-SHA384"}
+    seed_suite = "ECDHE-RSA-AES256-GCM-SHA384"
     args = (demo_pki, demo_pki / "userservice-chain.crt", demo_pki / "userservice.key")
     with pytest.raises(CertificateFileError, match=r"offers no TLS 1\.2 suite for the EC key"):
-        load_tls_state(settings_for(*args, **seed_suite))
-    load_tls_state(settings_for(*args, **seed_suite, MTLS_MIN_VERSION="TLSv1.3"))
+        load_tls_state(settings_for(*args, MTLS_CIPHERS=seed_suite))
+    load_tls_state(settings_for(*args, MTLS_CIPHERS=seed_suite, MTLS_MIN_VERSION="TLSv1.3"))
     load_tls_state(settings_for(*args, MTLS_CIPHERS="ECDHE-ECDSA-AES256-GCM-SHA384"))
 
 
