@@ -38,7 +38,7 @@ check-demo: $(STAMP)
 
 lb-demo: $(STAMP)
 	@tools/ensure-tools haproxy
-	$(BIN)/python demo.py --pki $(PKI_OUT) --lb
+	$(BIN)/python -m deploy.lb_demo --pki $(PKI_OUT)
 
 bench: $(STAMP)
 	$(BIN)/python bench/handshakes.py

@@ -2,36 +2,35 @@
 
     python demo.py [--pki pki/out]            run the two-service demo until Ctrl-C
     python demo.py [--pki pki/out] --check    run the six curl checks against it
-    python demo.py [--pki pki/out] --lb       the same behind HAProxy (TCP passthrough)
+
+The same services behind HAProxy: `make lb-demo` (python -m deploy.lb_demo).
 
 The curl checks are the seed's, plus the DN policy's two answers; they are
 also what the end-to-end tests run (tests/test_e2e_services.py).
 
 The banner with the URLs is printed once both services answer (the User
 Service's /healthz over mutual TLS, a TLS handshake with the Home Page), not
-after a guess; a service that does not answer within READY_TIMEOUT stops the
-demo. deploy/lb_demo.py uses the same probe and supervisor.
+after a guess; a service that does not answer within
+devserver.runner.READY_TIMEOUT stops the demo. Starting, probing and
+stopping are devserver.runner's; the services' settings are
+devserver.services', which deploy/lb_demo.py uses too.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import signal
-import socket
-import ssl
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from devserver import runner, services
+from devserver.services import HOME_PORT, USER_PORT
+
 ROOT = Path(__file__).resolve().parent
-USER_PORT = 8443
-HOME_PORT = 9443
 FORBIDDEN_BODY = '{"message": "Certificate subject is not recognized!"}'
-READY_TIMEOUT = 30.0
 
 
 @dataclass(frozen=True)
@@ -149,50 +148,6 @@ def print_checks(results: Sequence[CurlResult]) -> bool:
     return all(r.passed for r in results)
 
 
-def _gunicorn(app: str, bind: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    cmd = [
-        sys.executable,
-        "-m",
-        "gunicorn",
-        "-c",
-        str(ROOT / "gunicorn_conf.py"),
-        "--bind",
-        bind,
-        app,
-    ]
-    # Own session: Ctrl-C reaches only this supervisor, which stops each
-    # gunicorn gracefully with SIGTERM instead of a SIGINT storm.
-    return subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **env}, start_new_session=True)
-
-
-def service_envs(pki: Path, user_url: str) -> tuple[dict[str, str], dict[str, str]]:
-    def tls(name: str) -> dict[str, str]:
-        return {
-            "MTLS_CERTFILE": str(pki / f"{name}-chain.crt"),
-            "MTLS_KEYFILE": str(pki / f"{name}.key"),
-            "MTLS_CA_CERTS": str(pki / "root.crt"),
-            "MTLS_CRLFILE": str(pki / "crl.pem"),
-        }
-
-    user = tls("userservice")
-    home = {
-        **tls("homepage"),
-        "MTLS_CLIENT_AUTH": "optional",
-        "HOMEPAGE_USERSERVICE_URL": user_url,
-        "HOMEPAGE_CLIENT_CERT": str(pki / "homepage-chain.crt"),
-        "HOMEPAGE_CLIENT_KEY": str(pki / "homepage.key"),
-        "HOMEPAGE_CA_CERTS": str(pki / "root.crt"),
-    }
-    return user, home
-
-
-def ensure_pki(pki: Path) -> None:
-    from pki import cli
-
-    if cli.main(["demo", "--dir", str(pki)]) != 0:
-        raise SystemExit(2)
-
-
 def banner(pki: Path) -> str:
     rel = os.path.relpath(pki, Path.cwd())
     return f"""
@@ -212,132 +167,17 @@ def banner(pki: Path) -> str:
 
 
 def run_demo(pki: Path) -> int:
-    ensure_pki(pki)
-    user_env, home_env = service_envs(pki, f"https://localhost:{USER_PORT}")
+    services.ensure_pki(pki)
+    user_env, home_env = services.service_envs(pki)
     probes = [
-        Probe("the User Service", ("127.0.0.1", USER_PORT), client_context(pki, "homepage")),
-        Probe("the Home Page", ("127.0.0.1", HOME_PORT), client_context(pki, None), path=None),
+        services.userservice_probe(pki, "the User Service", ("127.0.0.1", USER_PORT)),
+        services.homepage_probe(pki),
     ]
     procs = [
-        _gunicorn("wsgi:userservice", f"127.0.0.1:{USER_PORT}", user_env),
-        _gunicorn("wsgi:homepage", f"127.0.0.1:{HOME_PORT}", home_env),
+        services.start_service(services.USER_APP, f"127.0.0.1:{USER_PORT}", user_env),
+        services.start_service(services.HOME_APP, f"127.0.0.1:{HOME_PORT}", home_env),
     ]
-    return _supervise(procs, banner(pki), probes)
-
-
-@dataclass(frozen=True)
-class Probe:
-    """How to tell that one service answers.
-
-    path: GET it over TLS and expect a 200 (``/healthz``); None: a completed
-    handshake is the answer (the Home Page's ``/`` would call the User Service).
-    """
-
-    name: str
-    address: tuple[str, int]
-    context: ssl.SSLContext
-    path: str | None = "/healthz"
-
-
-def client_context(pki: Path, name: str | None) -> ssl.SSLContext:
-    """Trusting our root only; presenting ``name``'s chain and key unless None."""
-    ctx = ssl.create_default_context(cafile=str(pki / "root.crt"))
-    if name is not None:
-        ctx.load_cert_chain(str(pki / f"{name}-chain.crt"), str(pki / f"{name}.key"))
-    return ctx
-
-
-def wait_until_answering(
-    probe: Probe,
-    procs: Sequence[subprocess.Popen[bytes]],
-    *,
-    timeout: float = READY_TIMEOUT,
-    stopped: Callable[[], bool] = lambda: False,
-) -> None:
-    """Poll ``probe`` until it answers; RuntimeError when a process dies or time runs out.
-
-    Returns early (without an answer) once ``stopped()`` says so: Ctrl-C while
-    waiting. A bare TCP connect would not prove the worker serves TLS, and
-    each would be logged as a refused handshake.
-    """
-    host, port = probe.address
-    deadline = time.monotonic() + timeout
-    problem = "no answer"
-    while not stopped():
-        if any(p.poll() is not None for p in procs):
-            raise RuntimeError(f"a process exited while waiting for {probe.name} ({host}:{port})")
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise RuntimeError(
-                f"{probe.name} ({host}:{port}) did not answer within {timeout:g} s: {problem}"
-            )
-        try:
-            if _answers(probe, timeout=min(2.0, left)):
-                return
-            problem = f"GET {probe.path} did not answer 200"
-        except OSError as exc:  # ssl.SSLError included
-            problem = str(exc) or type(exc).__name__
-        time.sleep(0.1)
-
-
-def _answers(probe: Probe, *, timeout: float) -> bool:
-    with socket.create_connection(probe.address, timeout=timeout) as raw:
-        with probe.context.wrap_socket(raw, server_hostname="localhost") as tls:
-            if probe.path is None:
-                return True
-            request = f"GET {probe.path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-            tls.sendall(request.encode())
-            return tls.recv(12).startswith(b"HTTP/1.1 200")
-
-
-def _supervise(
-    procs: list[subprocess.Popen[bytes]],
-    text: str,
-    probes: Sequence[Probe] = (),
-    *,
-    timeout: float = READY_TIMEOUT,
-) -> int:
-    """Wait for ``probes``, print ``text``, then run until Ctrl-C/SIGTERM or a process exits.
-
-    Every exit path stops every process. Returns 0 after Ctrl-C, 1 otherwise.
-    """
-    stopping = False
-
-    def stop(_sig: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        for probe in probes:
-            wait_until_answering(probe, procs, timeout=timeout, stopped=lambda: stopping)
-        if not stopping:
-            print(text, flush=True)
-        while not stopping:
-            if any(p.poll() is not None for p in procs):
-                raise RuntimeError("a service exited (see its log above)")
-            time.sleep(0.2)
-    except RuntimeError as exc:
-        print(f"demo: {exc}; stopping all", file=sys.stderr, flush=True)
-    finally:
-        stop_all(procs)
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    print("demo: stopped", flush=True)
-    return 0 if stopping else 1
-
-
-def stop_all(procs: Sequence[subprocess.Popen[bytes]]) -> None:
-    """SIGTERM (gunicorn's graceful stop) to every live process, SIGKILL after 15 s."""
-    for p in procs:
-        if p.poll() is None:
-            p.terminate()
-    for p in procs:
-        try:
-            p.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
+    return runner.supervise(procs, banner(pki), probes)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -348,15 +188,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--check", action="store_true", help="run the curl checks against a running demo"
     )
-    parser.add_argument("--lb", action="store_true", help="run behind HAProxy in TCP passthrough")
     args = parser.parse_args(argv)
     pki = args.pki.resolve()
     if args.check:
         return 0 if print_checks([run_check(c) for c in seed_checks(pki)]) else 1
-    if args.lb:
-        from deploy.lb_demo import run_lb_demo
-
-        return run_lb_demo(pki)
     return run_demo(pki)
 
 

@@ -1,6 +1,6 @@
 """`make lb-demo`: the User Service twice behind HAProxy in TCP passthrough, and the Home Page.
 
-    python demo.py --pki pki/out --lb
+    python -m deploy.lb_demo [--pki pki/out]
 
 Addresses (loopback aliases, which Linux answers without any setup):
 
@@ -15,12 +15,15 @@ URL and curl commands stay the same; its outgoing source address is a
 different one (127.0.0.2) so that the backends can trust exactly the LB and
 still see every other peer (here: 127.0.0.1, you) as what it is.
 
-The helpers here are also what tests/test_e2e_loadbalancer.py uses to run
-the shipped haproxy.cfg, so the demo and the tests cannot drift apart.
+The services' settings and probes are devserver.services' (the plain demo's
+too); starting, probing and stopping are devserver.runner's. The helpers
+here are also what tests/test_e2e_loadbalancer.py uses to run the shipped
+haproxy.cfg, so the demo and the tests cannot drift apart.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import subprocess
@@ -28,21 +31,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from demo import (
-    HOME_PORT,
-    ROOT,
-    USER_PORT,
-    Probe,
-    _gunicorn,
-    _supervise,
-    client_context,
-    ensure_pki,
-    service_envs,
-    stop_all,
-    wait_until_answering,
-)
+from devserver import runner, services
+from devserver.services import HOME_PORT, USER_PORT
 from pki import store
 
+ROOT = runner.ROOT
 CONFIG = Path(__file__).resolve().parent / "haproxy.cfg"
 LB_BIND = ("127.0.0.1", USER_PORT)
 LB_SOURCE = "127.0.0.2"
@@ -94,8 +87,11 @@ def haproxy_command(config: Path = CONFIG, *, check_only: bool = False) -> list[
 
 def backend_env(pki: Path, lb_source: str) -> dict[str, str]:
     """A User Service instance that requires a PROXY v2 header from the LB, and only from it."""
-    user, _ = service_envs(pki, f"https://localhost:{USER_PORT}")
-    return {**user, "MTLS_PROXY_PROTOCOL": "v2", "MTLS_PROXY_ALLOW_FROM": f"{lb_source}/32"}
+    return {
+        **services.userservice_env(pki),
+        "MTLS_PROXY_PROTOCOL": "v2",
+        "MTLS_PROXY_ALLOW_FROM": f"{lb_source}/32",
+    }
 
 
 def run_lb_demo(pki: Path) -> int:
@@ -103,7 +99,7 @@ def run_lb_demo(pki: Path) -> int:
     if shutil.which("haproxy") is None:
         print("lb-demo: haproxy is not installed: sudo apt-get install -y haproxy", file=sys.stderr)
         return 2
-    ensure_pki(pki)
+    services.ensure_pki(pki)
     lb_env = haproxy_env(
         bind=LB_BIND,
         source=LB_SOURCE,
@@ -124,32 +120,35 @@ def run_lb_demo(pki: Path) -> int:
         )
         return 2
 
-    ctx = client_context(pki, "homepage")
-    _, home_env = service_envs(pki, f"https://localhost:{USER_PORT}")
-    procs: list[subprocess.Popen[bytes]] = []
+    home_env = services.homepage_env(pki)  # calls https://localhost:8443: the LB
+    procs: list[runner.Process] = []
     supervised = False
     try:
         for host, port in BACKENDS:
             procs.append(
-                _gunicorn("wsgi:userservice", f"{host}:{port}", backend_env(pki, LB_SOURCE))
+                services.start_service(
+                    services.USER_APP, f"{host}:{port}", backend_env(pki, LB_SOURCE)
+                )
             )
         for number, address in enumerate(BACKENDS, start=1):
-            wait_until_answering(Probe(f"User Service #{number}", address, ctx), procs)
+            probe = services.userservice_probe(pki, f"User Service #{number}", address)
+            runner.wait_until_answering(probe, procs)
         # Started only once the backends answer, so its first checks pass.
-        procs.append(subprocess.Popen(haproxy_command(), cwd=ROOT, env={**os.environ, **lb_env}))
-        wait_until_answering(Probe("HAProxy", LB_BIND, ctx), procs)
-        procs.append(_gunicorn("wsgi:homepage", f"127.0.0.1:{HOME_PORT}", home_env))
-        home = Probe(
-            "the Home Page", ("127.0.0.1", HOME_PORT), client_context(pki, None), path=None
+        procs.append(
+            runner.start_process(haproxy_command(), runner.environment(lb_env, clean=False))
         )
+        runner.wait_until_answering(services.userservice_probe(pki, "HAProxy", LB_BIND), procs)
+        procs.append(services.start_service(services.HOME_APP, f"127.0.0.1:{HOME_PORT}", home_env))
         supervised = True
-        return _supervise(procs, lb_banner(pki), [home])
-    except (RuntimeError, KeyboardInterrupt) as e:
+        return runner.supervise(
+            procs, lb_banner(pki), [services.homepage_probe(pki)], prog="lb-demo"
+        )
+    except (runner.NotAnswering, KeyboardInterrupt) as e:
         print(f"lb-demo: {str(e) or 'interrupted'}; stopping all", file=sys.stderr)
         return 1
     finally:
         if not supervised:
-            stop_all(procs)
+            runner.stop_all(procs)
 
 
 def lb_banner(pki: Path) -> str:
@@ -172,3 +171,15 @@ def lb_banner(pki: Path) -> str:
   Kill one User Service (kill <pid>) and keep curling: HAProxy retries elsewhere.
   Ctrl-C stops everything.
 """
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--pki", type=Path, default=ROOT / "pki" / "out")
+    return run_lb_demo(parser.parse_args(argv).pki.resolve())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -226,7 +226,7 @@ def drop_second_request(seen: object) -> Reply | str:
 def test_get_is_retried_once_on_a_fresh_connection_when_the_pooled_one_was_dropped(
     session: MtlsSession, serve: Serve
 ) -> None:
-    server = serve(drop_second_request)  # type: ignore[arg-type]
+    server = serve(drop_second_request)
     session.get(f"{server.url}/users/1")
     retried = session.get(f"{server.url}/users/1")
 
@@ -238,7 +238,7 @@ def test_get_is_retried_once_on_a_fresh_connection_when_the_pooled_one_was_dropp
 def test_post_is_not_retried_when_the_pooled_connection_was_dropped(
     session: MtlsSession, serve: Serve
 ) -> None:
-    server = serve(drop_second_request)  # type: ignore[arg-type]
+    server = serve(drop_second_request)
     session.get(f"{server.url}/users/1")
     with pytest.raises(requests.ConnectionError, match="Connection aborted"):
         session.post(f"{server.url}/users", json={"name": "Grace"})

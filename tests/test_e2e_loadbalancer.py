@@ -38,13 +38,13 @@ from deploy.lb_demo import (
     haproxy_command,
     haproxy_env,
 )
+from devserver import runner
 from mtls.proxyproto import V2_SIGNATURE, build_v1_header, build_v2_header
 from tests.servers import (
-    ROOT,
     Server,
     client_context,
     free_port,
-    gunicorn_command,
+    isolated_env,
     server_env,
     wait_until_ready,
 )
@@ -98,17 +98,13 @@ def get(
 
 def start_userservice(tmp: Path, pki: Path, host: str, **extra: str) -> Server:
     """A User Service in its own session, so a test can crash it (master and workers) at once."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MTLS_", "GUNICORN"))}
-    env |= server_env(pki, "userservice", USERSERVICE_DATABASE_URL=f"sqlite:///{tmp}/u.db")
-    env |= {"MTLS_PROXY_PROTOCOL": "v2", "GUNICORN_CMD_ARGS": "--workers 2 --threads 4", **extra}
+    env = server_env(pki, "userservice", USERSERVICE_DATABASE_URL=f"sqlite:///{tmp}/u.db")
+    env |= {"MTLS_PROXY_PROTOCOL": "v2", **extra}
     port = free_port(host)
     log = tmp / f"userservice-{host}-{port}.log"
-    cmd = gunicorn_command("wsgi:userservice", f"{host}:{port}")
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            cmd, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    return Server(host, port, process, log, env)
+    return runner.start_server(
+        "wsgi:userservice", isolated_env(env), log, host=host, port=port, new_session=True
+    )
 
 
 @dataclass
@@ -136,10 +132,8 @@ def haproxy_stack(tmp: Path, pki: Path, ctx: ssl.SSLContext) -> Iterator[Stack]:
             client_pem=build_lb_bundle(pki, tmp / "lb-bundle.pem"),
         )
         log = tmp / "haproxy.log"
-        with log.open("wb") as out:
-            process = subprocess.Popen(
-                haproxy_command(), env={**os.environ, **lb_env}, cwd=ROOT, stdout=out, stderr=out
-            )
+        env = runner.environment(lb_env, clean=False)
+        process = runner.start_process(haproxy_command(), env, log_path=log)
         host, _, port = lb_env["LB_BIND"].partition(":")
         lb = Server(host, int(port), process, log, lb_env)
         cleanup.callback(lb.stop)

@@ -6,7 +6,6 @@ environ; the services' own end-to-end tests are in test_e2e_services.py.
 
 from __future__ import annotations
 
-import json
 import shutil
 import signal
 import socket
@@ -24,37 +23,19 @@ from cryptography.hazmat.primitives import serialization
 
 from pki import authority
 from pki import cli as pki_cli
-from tests.servers import ROOT, Server, client_context, gunicorn_command, running, server_env
-from tests.test_startup_validation import load_issued, write_issued
+from tests.clients import get
+from tests.pkifiles import load_issued, write_issued
+from tests.servers import (
+    ECHO,
+    ROOT,
+    Server,
+    client_context,
+    free_port,
+    gunicorn_command,
+    running,
+    server_env,
+)
 from tests.tools import require_tool
-
-ECHO = "echo_app:app"
-
-
-def get(
-    server: Server,
-    ctx: ssl.SSLContext,
-    path: str = "/",
-    *,
-    session: ssl.SSLSession | None = None,
-    suppress_ragged_eofs: bool = True,
-) -> tuple[dict[str, str], ssl.SSLSession | None]:
-    with socket.create_connection((server.host, server.port), timeout=10) as raw:
-        with ctx.wrap_socket(
-            raw,
-            server_hostname="localhost",
-            session=session,
-            suppress_ragged_eofs=suppress_ragged_eofs,
-        ) as tls:
-            tls.sendall(
-                f"GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".encode()
-            )
-            data = b""
-            while chunk := tls.recv(65536):
-                data += chunk
-            head, _, body = data.partition(b"\r\n\r\n")
-            assert head.startswith(b"HTTP/1.1 200"), head
-            return json.loads(body), tls.session
 
 
 @pytest.fixture
@@ -299,9 +280,6 @@ def test_optional_client_auth_lets_browsers_in_without_identity(
 
 def run_gunicorn_expecting_failure(env: dict[str, str], tmp_path: Path, *args: str) -> str:
     import os
-    import sys  # noqa: F401
-
-    from tests.servers import free_port
 
     full = {k: v for k, v in os.environ.items() if not k.startswith(("MTLS_", "GUNICORN"))}
     full.update(env)

@@ -16,8 +16,10 @@ from pathlib import Path
 
 import pytest
 
-import demo
-from demo import Probe, print_checks, run_check, seed_checks, service_envs
+from demo import print_checks, run_check, seed_checks
+from devserver import runner
+from devserver.runner import Probe
+from devserver.services import homepage_probe, service_envs, userservice_probe
 from tests.servers import Server, client_context, free_port, running
 from tests.tls_stub import silent_port
 from tests.tools import require_tool
@@ -190,8 +192,8 @@ def sleeper(seconds: float) -> subprocess.Popen[bytes]:
 def demo_probes(pki: Path, user: Server, home: Server) -> list[Probe]:
     """The probes demo.run_demo uses, pointed at these ports."""
     return [
-        Probe("the User Service", ("127.0.0.1", user.port), demo.client_context(pki, "homepage")),
-        Probe("the Home Page", ("127.0.0.1", home.port), demo.client_context(pki, None), path=None),
+        userservice_probe(pki, "the User Service", ("127.0.0.1", user.port)),
+        homepage_probe(pki, home.port),
     ]
 
 
@@ -200,11 +202,11 @@ def test_the_demo_probe_is_a_healthz_request_over_mutual_tls(
 ) -> None:
     user, _ = services
     address = ("127.0.0.1", user.port)
-    demo.wait_until_answering(Probe("us", address, demo.client_context(demo_pki, "homepage")), [])
+    runner.wait_until_answering(Probe("us", address, client_context(demo_pki, "homepage")), [])
     # The same server without our client certificate never answers the probe.
-    anonymous = Probe("the User Service", address, demo.client_context(demo_pki, None))
+    anonymous = Probe("the User Service", address, client_context(demo_pki, None))
     with pytest.raises(RuntimeError, match=r"the User Service \(127\.0\.0\.1:\d+\) did not answer"):
-        demo.wait_until_answering(anonymous, [], timeout=1)
+        runner.wait_until_answering(anonymous, [], timeout=1)
 
 
 def test_the_demo_banner_comes_once_both_services_answer(
@@ -213,7 +215,7 @@ def test_the_demo_banner_comes_once_both_services_answer(
     user, home = services
     service = sleeper(3)  # "exits" after the banner: the supervisor then stops all
 
-    assert demo._supervise([service], "BANNER", demo_probes(demo_pki, user, home)) == 1
+    assert runner.supervise([service], "BANNER", demo_probes(demo_pki, user, home)) == 1
 
     out, err = capfd.readouterr()
     assert out.splitlines()[-2:] == ["BANNER", "demo: stopped"]
@@ -228,10 +230,10 @@ def test_the_demo_stops_everything_when_a_service_never_answers(
     with silent_port() as port:  # accepts TCP, never speaks TLS: a hung service
         probes = [
             *demo_probes(demo_pki, user, user)[:1],
-            Probe("the Home Page", ("127.0.0.1", port), demo.client_context(demo_pki, None), None),
+            Probe("the Home Page", ("127.0.0.1", port), client_context(demo_pki, None), None),
         ]
         started = time.monotonic()
-        assert demo._supervise([service], "BANNER", probes, timeout=1) == 1
+        assert runner.supervise([service], "BANNER", probes, timeout=1) == 1
 
     assert time.monotonic() - started < 10
     assert service.poll() is not None  # stopped, not left running
@@ -249,8 +251,8 @@ def test_the_demo_stops_everything_when_a_service_exits_before_answering(
     dead, alive = sleeper(0), sleeper(60)
     dead.wait()
     with silent_port() as port:
-        probe = Probe("the User Service", ("127.0.0.1", port), demo.client_context(demo_pki, None))
-        assert demo._supervise([dead, alive], "BANNER", [probe]) == 1
+        probe = Probe("the User Service", ("127.0.0.1", port), client_context(demo_pki, None))
+        assert runner.supervise([dead, alive], "BANNER", [probe]) == 1
 
     assert alive.poll() is not None
     assert "a process exited while waiting for the User Service" in capfd.readouterr().err

@@ -19,8 +19,8 @@ from mtls.serverstate import build_server_context
 from mtls.settings import ServerSettings
 from pki import authority
 from pki import cli as pki_cli
+from tests.pkifiles import load_issued, write_issued
 from tests.servers import client_context, server_env
-from tests.test_startup_validation import load_issued, write_issued
 
 
 def server_side_error(server: ssl.SSLContext, client: ssl.SSLContext) -> BaseException | None:

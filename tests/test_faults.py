@@ -33,10 +33,10 @@ from pathlib import Path
 
 import pytest
 
-from demo import service_envs
+from devserver.services import service_envs
+from tests.clients import get
 from tests.echo_app import slow_request_started
-from tests.servers import Server, client_context, free_port, running, server_env
-from tests.test_e2e_runtime import ECHO, get
+from tests.servers import ECHO, Server, client_context, free_port, running, server_env
 
 #: The servers' certificates name "localhost", not 127.0.0.1.
 SERVER_NAME = "localhost"

@@ -305,10 +305,10 @@ def test_unknown_routes_get_html_for_browsers_and_json_under_internal(
 
 
 def test_stylesheet_is_served_to_browsers_without_a_certificate(homepage: MakeClient) -> None:
-    response = homepage().get("/static/homepage.css")
-
-    assert response.status_code == 200
-    assert response.mimetype == "text/css"
+    # A static file's response holds the file open until closed.
+    with homepage().get("/static/homepage.css") as response:
+        assert response.status_code == 200
+        assert response.mimetype == "text/css"
 
 
 def test_settings_report_every_bad_variable_at_once(tmp_path: Path) -> None:

@@ -24,16 +24,15 @@ from cryptography.hazmat.primitives import serialization
 
 from pki import authority
 from pki import cli as pki_cli
-from tests.servers import Server, client_context, running, server_env, start_gunicorn
-from tests.test_startup_validation import (
+from tests.pkifiles import (
     attacker_root,
     crl_pem,
     hidden,
     load_issued,
     write_issued,
 )
+from tests.servers import ECHO, Server, client_context, running, server_env, start_gunicorn
 
-ECHO = "echo_app:app"
 REFUSED = "TLS reload refused, keeping the previous certificates"
 HOMEPAGE_DN = "CN=homepage.internal,OU=Services,O=Example"
 

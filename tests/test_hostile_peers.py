@@ -25,10 +25,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from pki import authority
-from tests.servers import Server, client_context, running, server_env
-from tests.test_startup_validation import load_issued, write_issued
+from tests.pkifiles import load_issued, write_issued
+from tests.servers import ECHO, Server, client_context, running, server_env
 
-ECHO = "echo_app:app"
 # A legitimate request must be answered well inside this (the old worker never answered).
 CLIENT_TIMEOUT = 5.0
 

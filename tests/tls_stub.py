@@ -106,12 +106,14 @@ class StubServer(ThreadingHTTPServer):
             return
         try:
             der = tls.getpeercert(binary_form=True)
+            # CERT_REQUIRED (server_context): no handshake completes without one.
+            assert der is not None, "the client presented no certificate"
             with self._lock:
                 self.connections += 1
                 self._local.connection = self.connections
             self._local.nth = 0
             self._local.client_dn = format_dn(x509.load_der_x509_certificate(der).subject)
-            self.RequestHandlerClass(tls, client_address, self)
+            _Handler(tls, client_address, self)  # our RequestHandlerClass
         finally:
             tls.close()  # no close_notify: to the client, a DROP looks like a server going away
 

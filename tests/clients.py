@@ -1,0 +1,43 @@
+"""Raw TLS clients for the test servers, one connection per request.
+
+Shared by the end-to-end tests, so that no test module imports another.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import ssl
+
+from devserver.runner import Server
+
+
+def get(
+    server: Server,
+    ctx: ssl.SSLContext,
+    path: str = "/",
+    *,
+    session: ssl.SSLSession | None = None,
+    suppress_ragged_eofs: bool = True,
+) -> tuple[dict[str, str], ssl.SSLSession | None]:
+    """GET ``path`` with ``ctx`` (resuming ``session``), expect a 200 with a JSON body.
+
+    For the echo app (tests/echo_app.py) the body is the environ our worker
+    built; the session is returned for a resumption on the next call.
+    """
+    with socket.create_connection((server.host, server.port), timeout=10) as raw:
+        with ctx.wrap_socket(
+            raw,
+            server_hostname="localhost",
+            session=session,
+            suppress_ragged_eofs=suppress_ragged_eofs,
+        ) as tls:
+            tls.sendall(
+                f"GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".encode()
+            )
+            data = b""
+            while chunk := tls.recv(65536):
+                data += chunk
+            head, _, body = data.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200"), head
+            return json.loads(body), tls.session
