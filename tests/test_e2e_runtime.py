@@ -21,7 +21,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from pki import authority
+from pki import authority, keys
 from pki import cli as pki_cli
 from tests.clients import get
 from tests.pkifiles import load_issued, write_issued
@@ -419,7 +419,7 @@ def test_half_rotated_files_keep_the_old_context_and_say_why(
     ctx = client_context(pki, "homepage")
     with running(ECHO, env, tmp_path / "half.log", ctx) as server:
         old_serial = presented_serial(server, ctx)
-        new_key = authority.generate_key()
+        new_key = keys.generate_key()
         staged = tmp_path / "new.key"
         staged.write_bytes(
             new_key.private_bytes(

@@ -61,7 +61,7 @@ def make_csr(
     *,
     cn: str | None = "ext.internal",
     ou: str | None = "Services",
-    extra_subject: Sequence[x509.NameAttribute] = (),
+    extra_subject: Sequence[x509.NameAttribute[str]] = (),
     sans: Sequence[x509.GeneralName] = (x509.DNSName("ext.internal"),),
     ca: bool = False,
     key: CsrKey | None = None,
