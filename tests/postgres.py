@@ -21,7 +21,7 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import psycopg
 import pytest
@@ -97,6 +97,11 @@ class PgServer:
             **extra,
         }
         return f"postgresql://{DB_ROLE}@{host}:{self.port}/{dbname}?{urlencode(query)}"
+
+
+def dbname_of(url: str) -> str:
+    """The database name in a URL made by ``PgServer.url``."""
+    return urlsplit(url).path.lstrip("/")
 
 
 def init_cluster(pki: Path) -> PgServer:
