@@ -4,14 +4,17 @@ import contextlib
 import hashlib
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import flask
 import psycopg
 import pytest
 
 from pki import cli
 from tests import postgres
+from tests.stores import settings_for, store_of
+from userservice import create_app
 
 
 @pytest.fixture(scope="session")
@@ -52,3 +55,32 @@ def pg_url(pg_server: postgres.PgServer, request: pytest.FixtureRequest) -> Iter
     yield pg_server.url(name)
     with contextlib.suppress(psycopg.OperationalError), pg_server.admin() as conn:
         conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    """A SQLite file that does not exist yet."""
+    return tmp_path / "u.db"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, db: Path) -> str:
+    """A fresh database on each backend: a new SQLite file, or a new PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{db}"
+    url: str = request.getfixturevalue("pg_url")
+    return url
+
+
+@pytest.fixture
+def make_app(database_url: str) -> Iterator[Callable[..., flask.Flask]]:
+    """create_app on ``database_url`` (extra USERSERVICE_* as keywords); stores closed after."""
+    apps: list[flask.Flask] = []
+
+    def make(**env: str) -> flask.Flask:
+        apps.append(create_app(settings_for(database_url, **env)))
+        return apps[-1]
+
+    yield make
+    for built in apps:
+        store_of(built).close()

@@ -11,7 +11,6 @@ worker sets them. End-to-end tests through gunicorn live in test_e2e_*.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import multiprocessing
@@ -23,15 +22,15 @@ from pathlib import Path
 from typing import Any
 
 import flask
-import psycopg
 import pytest
 from werkzeug.test import TestResponse
 
 from mtls.errors import ConfigError, PolicyError
 from mtls.policy import enforce_policy_coverage
+from tests.stores import run_sql, settings_for, store_of
 from userservice import UserServiceSettings, create_app
 from userservice.settings import SqliteDatabase
-from userservice.store import DEMO_USERS, UserStore, open_store
+from userservice.store import DEMO_USERS, open_store
 
 HOMEPAGE = {
     "HTTPS": "on",
@@ -45,57 +44,6 @@ NO_CERT_BODY = b'{"message": "No certificate chain found!"}'
 NOT_RECOGNIZED_BODY = b'{"message": "Certificate subject is not recognized!"}'
 ADA = {"id": 1, "name": "Ada Lovelace", "email": "ada@example.com", "phone": "+44 20 7946 0001"}
 NEW_USER = {"name": "Hedy Lamarr", "email": "hedy@example.com", "phone": "+43 1 5550 0105"}
-
-
-def settings_for(db: Path | str, **env: str) -> UserServiceSettings:
-    """Settings for a SQLite file (a Path) or any database URL (a str)."""
-    url = f"sqlite:///{db}" if isinstance(db, Path) else db
-    return UserServiceSettings.from_env({"USERSERVICE_DATABASE_URL": url, **env})
-
-
-def store_of(app: flask.Flask) -> UserStore:
-    store: UserStore = app.extensions["userservice.store"]
-    return store
-
-
-def run_sql(url: str, statement: str) -> None:
-    """One statement on the database behind ``url``, outside the app (to break it)."""
-    database = settings_for(url).database
-    if isinstance(database, SqliteDatabase):
-        with contextlib.closing(sqlite3.connect(database.path)) as sqlite:
-            sqlite.execute(statement)
-            sqlite.commit()
-    else:
-        with psycopg.connect(database.conninfo, autocommit=True) as pg:
-            pg.execute(statement.encode())
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Path:
-    return tmp_path / "u.db"
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, db: Path) -> str:
-    """A fresh database on each backend: a new SQLite file, or a new PostgreSQL database."""
-    if request.param == "sqlite":
-        return f"sqlite:///{db}"
-    url: str = request.getfixturevalue("pg_url")
-    return url
-
-
-@pytest.fixture
-def make_app(database_url: str) -> Iterator[Any]:
-    """create_app on ``database_url`` (extra USERSERVICE_* as keywords); stores closed after."""
-    apps: list[flask.Flask] = []
-
-    def make(**env: str) -> flask.Flask:
-        apps.append(create_app(settings_for(database_url, **env)))
-        return apps[-1]
-
-    yield make
-    for built in apps:
-        store_of(built).close()
 
 
 @pytest.fixture

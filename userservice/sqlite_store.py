@@ -127,6 +127,10 @@ class SqliteUserStore:
             code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
             if code not in _UNAVAILABLE_CODES:
                 raise
+            if code not in _BUSY_CODES:
+                # A connection opened while the file was read-only (or gone)
+                # stays so: open a new one next time, to recover by itself.
+                self.close()
             raise StoreUnavailable(f"SQLite database {self.path}: {exc}") from exc
 
     @staticmethod
