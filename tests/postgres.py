@@ -81,6 +81,9 @@ class PgServer:
     def stop(self) -> None:
         self._run(pg_binary("pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
 
+    def running(self) -> bool:
+        return (self.data / "postmaster.pid").exists()
+
     def admin(self, dbname: str = "postgres") -> psycopg.Connection[tuple[object, ...]]:
         """A superuser connection over the data directory's socket (autocommit)."""
         return psycopg.connect(

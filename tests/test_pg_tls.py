@@ -95,13 +95,26 @@ def test_the_service_starts_on_the_mtls_url_and_adds_its_timeouts(pg_url: str) -
     app.extensions["userservice.store"].close()
 
 
-def test_the_service_refuses_to_start_when_the_database_refuses_its_certificate(
-    pg_server: postgres.PgServer, pg_url: str
+@pytest.mark.parametrize(
+    ("options", "reason"),
+    [
+        ({"cert": "eventservice"}, "certificate authentication failed"),
+        ({"cert": "rogue"}, "alert unknown ca"),
+        ({"host": "localhost"}, 'does not match host name "localhost"'),
+    ],
+    ids=["unmapped-dn", "other-ca", "wrong-server-name"],
+)
+def test_the_service_refuses_to_start_when_the_database_refuses_it_or_the_reverse(
+    pg_server: postgres.PgServer, pg_url: str, options: dict[str, str], reason: str
 ) -> None:
-    dbname = postgres.dbname_of(pg_url)
-    url = pg_server.url(dbname, cert="eventservice")
-    with pytest.raises(ConfigError, match=r"cannot set up the PostgreSQL database userservice@"):
-        create_app(UserServiceSettings.from_env({"USERSERVICE_DATABASE_URL": url}))
+    """A refusal is configuration, not an outage: no retry fixes it, so start-up stops."""
+    url = pg_server.url(postgres.dbname_of(pg_url), **options)
+    settings = UserServiceSettings.from_env({"USERSERVICE_DATABASE_URL": url})
+    with pytest.raises(
+        ConfigError, match=r"cannot set up the PostgreSQL database userservice@"
+    ) as e:
+        create_app(settings)
+    assert reason in str(e.value)
 
 
 @pytest.mark.parametrize(

@@ -69,19 +69,34 @@ class PostgresUserStore:
     """``UserStore`` on one PostgreSQL database shared by every instance."""
 
     def __init__(self, database: PostgresDatabase) -> None:
-        """Create or migrate the schema now, on a connection of its own (closed at once)."""
+        """Create or migrate the schema now, on a connection of its own (closed at once).
+
+        A database that refuses us (TLS, certificate, role or database name:
+        no retry fixes that) stops the start with a ConfigError. One that is
+        merely unreachable does not: gunicorn stops the whole service when
+        one worker fails to boot, so a worker replaced during an outage would
+        take the others down with it. Then the schema is checked on first use
+        instead, and requests get 503 until the database is back.
+        """
         self.database = database
         self._lock = threading.Lock()
         self._pool: ConnectionPool[Connection] | None = None
         self._pool_pid = 0
+        self._migrated = False
         try:
             with psycopg.connect(database.conninfo, row_factory=dict_row) as conn:
                 self._migrate(conn)
         except psycopg.Error as exc:
-            raise ConfigError(
-                f"USERSERVICE_DATABASE_URL: cannot set up the PostgreSQL database "
-                f"{database.where}: {exc}".rstrip()
-            ) from exc
+            if not _unreachable(exc):
+                raise ConfigError(
+                    f"USERSERVICE_DATABASE_URL: cannot set up the PostgreSQL database "
+                    f"{database.where}: {exc}".rstrip()
+                ) from exc
+            logger.warning(
+                "%s does not answer at start-up (%s); serving 503 until it does",
+                database.where,
+                str(exc).strip(),
+            )
 
     def _migrate(self, conn: Connection) -> None:
         """Bring the schema to SCHEMA_VERSION in one transaction, one instance at a time."""
@@ -109,6 +124,7 @@ class PostgresUserStore:
                     )
                 conn.execute("INSERT INTO meta (key, value) VALUES ('seeded', '1')")
                 logger.info("%s: seeded %d demo users", self.database.where, len(DEMO_USERS))
+        self._migrated = True
 
     def _pool_here(self) -> ConnectionPool[Connection]:
         """This process's pool, opened on first use (so after gunicorn's fork).
@@ -142,6 +158,8 @@ class PostgresUserStore:
         """A pooled connection in one transaction: commit on success, else roll back."""
         try:
             with self._pool_here().connection() as conn:
+                if not self._migrated:
+                    self._migrate(conn)  # under the advisory lock; a no-op if done
                 yield conn
         except (psycopg.OperationalError, errors.ReadOnlySqlTransaction) as exc:
             # OperationalError: cannot connect, connection lost, server shutting
@@ -210,3 +228,24 @@ class PostgresUserStore:
             if self._pool is not None and self._pool_pid == os.getpid():
                 self._pool.close()
             self._pool = None
+
+
+#: SQLSTATEs of a server that is there but cannot take us now (Appendix A of the
+#: PostgreSQL docs): shutting down, starting up or in recovery, too many connections.
+_TRANSIENT_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "53300"})
+
+
+def _unreachable(exc: psycopg.Error) -> bool:
+    """Is this a database that may answer later, rather than one that refuses us?
+
+    A refusal by the server has a SQLSTATE (28000: certificate or role refused,
+    3D000: no such database); a TLS failure (unknown CA, wrong host name,
+    unreadable key) has none but names SSL or the certificate in libpq's message.
+    What is left is the network: refused, reset, timed out.
+    """
+    if not isinstance(exc, psycopg.OperationalError):
+        return False
+    if exc.sqlstate is not None:
+        return exc.sqlstate in _TRANSIENT_SQLSTATES
+    message = str(exc).lower()
+    return not any(word in message for word in ("ssl", "certificate", "private key"))
