@@ -148,3 +148,21 @@ def test_a_bad_database_timeout_or_pool_size_is_refused_naming_the_variable(
 ) -> None:
     with pytest.raises(ConfigError, match=f"{name}='{value}' is not a positive number"):
         UserServiceSettings.from_env({name: value})
+
+
+def test_the_shipped_env_file_asks_for_mutual_tls_to_the_database() -> None:
+    """deploy/postgresql/userservice.env passes every check but the files' presence here."""
+    env = dict(
+        line.split("=", 1)
+        for line in (postgres.DEPLOY / "userservice.env").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+    with pytest.raises(ConfigError) as excinfo:
+        UserServiceSettings.from_env(env)
+    problems = str(excinfo.value).splitlines()[1:]
+    assert problems == [
+        "  USERSERVICE_DATABASE_URL (userservice@db.internal:5432/userservice): "
+        "sslrootcert=/etc/userservice/root.crt: no such file; "
+        "sslcert=/etc/userservice/userservice-db-chain.crt: no such file; "
+        "sslkey=/etc/userservice/userservice-db.key: no such file"
+    ]
