@@ -231,8 +231,10 @@ class PostgresUserStore:
 
 
 #: SQLSTATEs of a server that is there but cannot take us now (Appendix A of the
-#: PostgreSQL docs): shutting down, starting up or in recovery, too many connections.
-_TRANSIENT_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "53300"})
+#: PostgreSQL docs): shutting down, starting up or in recovery, too many
+#: connections, or too slow (statement timeout, e.g. waiting for another
+#: instance's migration lock).
+_TRANSIENT_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "53300", "57014"})
 
 
 def _unreachable(exc: psycopg.Error) -> bool:
