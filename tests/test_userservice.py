@@ -1,4 +1,8 @@
-"""The User Service through Flask's test client, on real SQLite files.
+"""The User Service through Flask's test client, on real SQLite files and a real PostgreSQL.
+
+Every test that touches the store runs on both backends (the ``database_url``
+fixture): the same answers, the same ids and order, the same concurrency
+guarantees. The PostgreSQL one is reached over mutual TLS (tests/postgres.py).
 
 The worker that sets the mTLS environ keys in production is tested on real
 sockets elsewhere; here they arrive through ``environ_base`` exactly as the
@@ -23,8 +27,10 @@ from werkzeug.test import TestResponse
 
 from mtls.errors import ConfigError, PolicyError
 from mtls.policy import enforce_policy_coverage
+from tests.stores import run_sql, settings_for, store_of
 from userservice import UserServiceSettings, create_app
-from userservice.store import DEMO_USERS, SqliteUserStore
+from userservice.settings import SqliteDatabase
+from userservice.store import DEMO_USERS, open_store
 
 HOMEPAGE = {
     "HTTPS": "on",
@@ -40,18 +46,10 @@ ADA = {"id": 1, "name": "Ada Lovelace", "email": "ada@example.com", "phone": "+4
 NEW_USER = {"name": "Hedy Lamarr", "email": "hedy@example.com", "phone": "+43 1 5550 0105"}
 
 
-def settings_for(db: Path, **env: str) -> UserServiceSettings:
-    return UserServiceSettings.from_env({"USERSERVICE_DATABASE_URL": f"sqlite:///{db}", **env})
-
-
 @pytest.fixture
-def db(tmp_path: Path) -> Path:
-    return tmp_path / "u.db"
-
-
-@pytest.fixture
-def app(db: Path) -> flask.Flask:
-    return create_app(settings_for(db))
+def app(make_app: Any) -> flask.Flask:
+    built: flask.Flask = make_app()
+    return built
 
 
 def call(
@@ -230,8 +228,8 @@ def test_a_wrong_method_is_a_json_405_with_allow(app: flask.Flask) -> None:
     }
 
 
-def test_a_body_over_the_limit_is_a_json_413(db: Path) -> None:
-    app = create_app(settings_for(db, USERSERVICE_MAX_BODY="256"))
+def test_a_body_over_the_limit_is_a_json_413(make_app: Any) -> None:
+    app = make_app(USERSERVICE_MAX_BODY="256")
     oversized = {**NEW_USER, "name": "x" * 300}
     response = call(app, "POST", "/users", json=oversized)
     assert (response.status_code, response.data) == (
@@ -242,20 +240,21 @@ def test_a_body_over_the_limit_is_a_json_413(db: Path) -> None:
 
 
 def test_an_unexpected_error_is_a_json_500_without_traceback_but_logged(
-    app: flask.Flask, db: Path, caplog: pytest.LogCaptureFixture
+    app: flask.Flask, database_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with sqlite3.connect(db) as conn:
-        conn.execute("DROP TABLE users")
+    run_sql(database_url, "DROP TABLE users")
     with caplog.at_level(logging.ERROR):
         response = call(app, "GET", "/users/1")
     assert (response.status_code, response.data) == (500, b'{"message": "Internal server error."}')
     [record] = [r for r in caplog.records if r.exc_info]
-    assert "no such table: users" in str(record.exc_info[1])  # type: ignore[index]
+    message = str(record.exc_info[1])  # type: ignore[index]
+    assert "no such table: users" in message or 'relation "users" does not exist' in message
 
 
-def test_healthz_is_503_when_the_database_does_not_answer(app: flask.Flask, db: Path) -> None:
-    with sqlite3.connect(db) as conn:
-        conn.execute("DROP TABLE users")
+def test_healthz_is_503_when_the_database_does_not_answer(
+    app: flask.Flask, database_url: str
+) -> None:
+    run_sql(database_url, "DROP TABLE users")
     response = call(app, "GET", "/healthz", {})
     assert response.status_code == 503
     assert response.get_json() == {
@@ -461,11 +460,11 @@ def test_the_database_is_created_in_wal_mode_with_its_directory(tmp_path: Path) 
         )
 
 
-def test_demo_users_are_seeded_once_not_again_after_they_are_deleted(db: Path) -> None:
-    app = create_app(settings_for(db))
+def test_demo_users_are_seeded_once_not_again_after_they_are_deleted(make_app: Any) -> None:
+    app = make_app()
     for user_id in range(1, len(DEMO_USERS) + 1):
         assert call(app, "DELETE", f"/users/{user_id}").status_code == 204
-    restarted = create_app(settings_for(db))
+    restarted = make_app()
     assert call(restarted, "GET", "/users").get_json()["total"] == 0
 
 
@@ -474,11 +473,11 @@ def test_the_default_database_is_var_userservice_db_under_the_current_directory(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     settings = UserServiceSettings.from_env({})
-    assert settings.database_path == tmp_path / "var" / "userservice.db"
+    assert settings.database == SqliteDatabase(tmp_path / "var" / "userservice.db", timeout=5.0)
     assert settings.max_body == 16384
     assert settings.allowed_dn.pattern == r"CN=homepage\.internal,OU=Services,O=Example"
     absolute = UserServiceSettings.from_env({"USERSERVICE_DATABASE_URL": "sqlite:////srv/u.db"})
-    assert absolute.database_path == Path("/srv/u.db")
+    assert absolute.database == SqliteDatabase(Path("/srv/u.db"))
 
 
 def test_every_bad_setting_is_reported_at_once_naming_its_variable() -> None:
@@ -486,7 +485,7 @@ def test_every_bad_setting_is_reported_at_once_naming_its_variable() -> None:
         UserServiceSettings.from_env(
             {
                 "USERSERVICE_ALLOWED_DN": "CN=(homepage",
-                "USERSERVICE_DATABASE_URL": "postgresql://db.internal/users",
+                "USERSERVICE_DATABASE_URL": "postgresql://app@db.internal/users?sslmode=require",
                 "USERSERVICE_MAX_BODY": "lots",
             }
         )
@@ -494,8 +493,11 @@ def test_every_bad_setting_is_reported_at_once_naming_its_variable() -> None:
     assert lines[0] == "invalid User Service settings:"
     assert lines[1].startswith("  USERSERVICE_ALLOWED_DN='CN=(homepage' is not a valid regular")
     assert lines[2] == (
-        "  USERSERVICE_DATABASE_URL: the postgresql engine is not supported yet; "
-        "use sqlite:///PATH (relative) or sqlite:////PATH (absolute)"
+        "  USERSERVICE_DATABASE_URL (app@db.internal:5432/users): sslmode=require: must be "
+        "sslmode=verify-full (TLS with the server's certificate and host name checked); "
+        "sslrootcert is missing: give the path of the PEM file; "
+        "sslcert is missing: give the path of the PEM file; "
+        "sslkey is missing: give the path of the PEM file"
     )
     assert (
         lines[3]
@@ -518,8 +520,8 @@ def test_an_unopenable_database_stops_the_app_naming_the_variable(tmp_path: Path
         create_app(settings_for(tmp_path / "file" / "u.db"))
 
 
-def test_the_allowed_dn_setting_decides_who_may_use_the_api(db: Path) -> None:
-    app = create_app(settings_for(db, USERSERVICE_ALLOWED_DN=r"CN=eventservice\.internal,.*"))
+def test_the_allowed_dn_setting_decides_who_may_use_the_api(make_app: Any) -> None:
+    app = make_app(USERSERVICE_ALLOWED_DN=r"CN=eventservice\.internal,.*")
     assert call(app, "GET", "/users/1", EVENTSERVICE).status_code == 200
     assert call(app, "GET", "/users/1", HOMEPAGE).data == NOT_RECOGNIZED_BODY
 
@@ -548,19 +550,20 @@ def _wait_for_all(barrier: Any) -> None:
     _start = barrier
 
 
-def _patch_many(db: str, worker: int, count: int) -> list[int]:
-    app = create_app(settings_for(Path(db)))
+def _patch_many(url: str, worker: int, count: int) -> list[int]:
+    app = create_app(settings_for(url))
     _start.wait(timeout=30)
     field = "name" if worker % 2 else "phone"
     statuses = []
     for n in range(count):
         value = f"Worker {worker} {n}" if field == "name" else f"+44 20 7946 {worker}{n:03d}"
         statuses.append(call(app, "PATCH", "/users/1", json={field: value}).status_code)
+    store_of(app).close()
     return statuses
 
 
-def _create_many(db: str, worker: int, count: int) -> list[int]:
-    app = create_app(settings_for(Path(db)))
+def _create_many(url: str, worker: int, count: int) -> list[int]:
+    app = create_app(settings_for(url))
     _start.wait(timeout=30)
     ids = []
     for n in range(count):
@@ -568,12 +571,13 @@ def _create_many(db: str, worker: int, count: int) -> list[int]:
         response = call(app, "POST", "/users", json=user)
         assert response.status_code == 201
         ids.append(response.get_json()["id"])
+    store_of(app).close()
     return ids
 
 
-def _open_store(db: str) -> int:
+def _open_store(url: str) -> int:
     _start.wait(timeout=30)
-    SqliteUserStore(Path(db))
+    open_store(settings_for(url).database).close()
     return 0
 
 
@@ -594,32 +598,40 @@ def processes() -> Iterator[Pool]:
         yield pool
 
 
-def test_concurrent_patches_from_four_processes_lose_no_update(db: Path, processes: Pool) -> None:
-    create_app(settings_for(db))
-    results = processes.starmap(_patch_many, [(str(db), w, 25) for w in range(WRITERS)])
+def test_concurrent_patches_from_four_processes_lose_no_update(
+    make_app: Any, database_url: str, processes: Pool
+) -> None:
+    store = store_of(make_app())
+    results = processes.starmap(_patch_many, [(database_url, w, 25) for w in range(WRITERS)])
     assert [status for statuses in results for status in statuses] == [200] * 100
-    user = SqliteUserStore(db).get_user(1)
+    user = store.get_user(1)
     assert user is not None
     assert user.version == 1 + 100  # every read-modify-write saw the previous one
     assert user.name in {f"Worker {w} 24" for w in (1, 3)}
     assert user.phone in {f"+44 20 7946 {w}024" for w in (0, 2)}
 
 
-def test_concurrent_creates_from_four_processes_all_land(db: Path, processes: Pool) -> None:
-    create_app(settings_for(db))
-    results = processes.starmap(_create_many, [(str(db), w, 25) for w in range(WRITERS)])
+def test_concurrent_creates_from_four_processes_all_land(
+    make_app: Any, database_url: str, processes: Pool
+) -> None:
+    app = make_app()
+    results = processes.starmap(_create_many, [(database_url, w, 25) for w in range(WRITERS)])
     ids = [user_id for worker_ids in results for user_id in worker_ids]
     assert sorted(ids) == list(range(len(DEMO_USERS) + 1, len(DEMO_USERS) + 101))
-    body = call(create_app(settings_for(db)), "GET", "/users?limit=1").get_json()
+    body = call(app, "GET", "/users?limit=1").get_json()
     assert body["total"] == len(DEMO_USERS) + 100
 
 
-def test_workers_starting_at_once_seed_the_new_database_exactly_once(
-    db: Path, processes: Pool
+def test_workers_starting_at_once_on_an_empty_database_seed_it_exactly_once(
+    database_url: str, processes: Pool
 ) -> None:
-    processes.starmap(_open_store, [(str(db),) for _ in range(WRITERS)])
-    with sqlite3.connect(db) as conn:
-        assert conn.execute("SELECT count(*) FROM users").fetchone() == (len(DEMO_USERS),)
+    """On PostgreSQL this is the concurrent migration: pg_advisory_xact_lock serialises it."""
+    processes.starmap(_open_store, [(database_url,) for _ in range(WRITERS)])
+    store = open_store(settings_for(database_url).database)
+    try:
+        assert store.list_users(limit=100, offset=0)[1] == len(DEMO_USERS)
+    finally:
+        store.close()
 
 
 # --- the WSGI entry point ---------------------------------------------------------------

@@ -16,16 +16,22 @@ DEBIAN_PACKAGES = {
     "haproxy": "haproxy",
     "chromium": "chromium",
     "certutil": "libnss3-tools",
+    # Debian keeps these in /usr/lib/postgresql/NN/bin (tests/postgres.py looks there too).
+    "initdb": "postgresql",
+    "pg_ctl": "postgresql",
 }
+
+
+def install_hint(name: str) -> str:
+    package = DEBIAN_PACKAGES.get(name, name)
+    return (
+        f"{name} is not installed; install it with: sudo apt-get install -y {package} "
+        "(or run `make test`, which installs it when run as root on Debian)"
+    )
 
 
 def require_tool(name: str) -> str:
     path = shutil.which(name)
     if path is None:
-        package = DEBIAN_PACKAGES.get(name, name)
-        pytest.fail(
-            f"{name} is not installed; install it with: sudo apt-get install -y {package} "
-            "(or run `make test`, which installs it when run as root on Debian)",
-            pytrace=False,
-        )
+        pytest.fail(install_hint(name), pytrace=False)
     return path

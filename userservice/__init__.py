@@ -18,7 +18,7 @@ from werkzeug.wrappers import Response
 from mtls.policy import enforce_policy_coverage
 from userservice import health, users, whoami
 from userservice.settings import UserServiceSettings
-from userservice.store import SqliteUserStore
+from userservice.store import StoreUnavailable, open_store
 
 __all__ = ["UserServiceSettings", "create_app"]
 
@@ -32,7 +32,9 @@ def create_app(settings: UserServiceSettings | None = None) -> Flask:
     # exceeding the body limit should a form ever be read.
     app.config["MAX_FORM_MEMORY_SIZE"] = settings.max_body
 
-    store = SqliteUserStore(settings.database_path)
+    store = open_store(settings.database)
+    # Reachable for whoever must give the connections back (tests, a shutdown hook).
+    app.extensions["userservice.store"] = store
     app.register_blueprint(users.make_blueprint(store, allowed_dn=settings.allowed_dn))
     app.register_blueprint(whoami.make_blueprint())
     app.register_blueprint(health.make_blueprint(store))
@@ -48,6 +50,15 @@ def _register_error_handlers(app: Flask, settings: UserServiceSettings) -> None:
     @app.errorhandler(users.BadInput)
     def _bad_input(exc: users.BadInput) -> Response:
         return _json_response({"message": "Invalid input.", "errors": exc.errors}, 400)
+
+    @app.errorhandler(StoreUnavailable)
+    def _unavailable(exc: StoreUnavailable) -> Response:
+        # The reason (which database, locked / stopped / read-only) is ours;
+        # the client learns only that a retry later may work (RFC 9110 15.6.4).
+        app.logger.warning("503: %s", exc)
+        response = _json_response({"message": "The database is unavailable; try again."}, 503)
+        response.headers["Retry-After"] = "1"
+        return response
 
     @app.errorhandler(RequestEntityTooLarge)
     def _too_large(exc: RequestEntityTooLarge) -> Response:
