@@ -158,6 +158,10 @@ def choice(table: Mapping[str, T]) -> Parser:
     return parse
 
 
+def text(var: str, raw: str) -> str:
+    return raw
+
+
 def path(var: str, raw: str) -> Path:
     return Path(raw)
 

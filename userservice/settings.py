@@ -1,17 +1,16 @@
-"""User Service settings: the ``USERSERVICE_*`` env vars parsed once, all problems at once."""
+"""User Service settings: the ``USERSERVICE_*`` env vars, each declared once (mtls.envconfig)."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any
 
-from mtls.errors import ConfigError, PolicyError
-from mtls.policy import compile_dn_policy
+from mtls.envconfig import dn_regex, env, read_env, seconds, text, whole_number
+from mtls.errors import ConfigError
 from userservice.pg_url import PostgresDatabase, parse_postgres_url
 
 #: The demo's Home Page identity (``pki demo``), the only caller of ``/users``.
@@ -24,7 +23,6 @@ DEFAULT_DATABASE_TIMEOUT = 5.0
 #: PostgreSQL connections per worker process: gunicorn's default threads.
 DEFAULT_POOL_SIZE = 4
 
-_N = TypeVar("_N", int, float)
 _SQLITE_PREFIX = "sqlite:///"
 _POSTGRES_SCHEMES = ("postgresql", "postgres")
 # Engines people will try; named so the error says "not supported" instead of "what is this".
@@ -44,6 +42,54 @@ class SqliteDatabase:
 
 
 @dataclass(frozen=True)
+class UserServiceEnv:
+    """The ``USERSERVICE_*`` variables as declared: each once, with its default and meaning."""
+
+    allowed_dn: re.Pattern[str] = env(
+        "USERSERVICE_ALLOWED_DN",
+        dn_regex,
+        doc="regex the caller's DN must match for /users",
+        raw_default=DEFAULT_ALLOWED_DN,
+        blank_is_unset=False,
+    )
+    database_url: str = env(
+        "USERSERVICE_DATABASE_URL", text, DEFAULT_DATABASE_URL, "sqlite:///PATH or postgresql://"
+    )
+    database_timeout: float = env(
+        "USERSERVICE_DATABASE_TIMEOUT",
+        seconds(0.001, 300),
+        DEFAULT_DATABASE_TIMEOUT,
+        "seconds: SQLite's busy timeout; PostgreSQL's connect, pool-wait and statement timeouts",
+    )
+    pool_size: int = env(
+        "USERSERVICE_DATABASE_POOL_SIZE",
+        whole_number(1, 1000, "connections"),
+        DEFAULT_POOL_SIZE,
+        "PostgreSQL connections per worker",
+    )
+    max_body: int = env(
+        "USERSERVICE_MAX_BODY",
+        whole_number(1, unit="bytes"),
+        DEFAULT_MAX_BODY,
+        "largest request body in bytes; larger ones get 413",
+    )
+    database: SqliteDatabase | PostgresDatabase | None = None  # built by _check from the above
+
+
+def _check(values: dict[str, Any], problems: list[str]) -> None:
+    if "database_timeout" not in values or "pool_size" not in values:
+        return  # reported already; the URL is checked once they parse
+    try:
+        values["database"] = parse_database_url(
+            values["database_url"],
+            timeout=values["database_timeout"],
+            pool_size=values["pool_size"],
+        )
+    except ConfigError as exc:
+        problems.append(str(exc))
+
+
+@dataclass(frozen=True)
 class UserServiceSettings:
     """What the User Service needs.
 
@@ -59,65 +105,15 @@ class UserServiceSettings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> UserServiceSettings:
-        env = os.environ if environ is None else environ
-        problems: list[str] = []
-
-        allowed_dn: re.Pattern[str] | None = None
-        try:
-            allowed_dn = compile_dn_policy(
-                env.get("USERSERVICE_ALLOWED_DN", DEFAULT_ALLOWED_DN),
-                setting="USERSERVICE_ALLOWED_DN",
-            )
-        except PolicyError as exc:
-            problems.append(str(exc))
-
-        timeout = _positive(
-            env,
-            "USERSERVICE_DATABASE_TIMEOUT",
-            DEFAULT_DATABASE_TIMEOUT,
-            float,
-            "seconds",
-            problems,
+        read = read_env(
+            UserServiceEnv,
+            os.environ if environ is None else environ,
+            title="User Service",
+            check=_check,
         )
-        pool_size = _positive(
-            env, "USERSERVICE_DATABASE_POOL_SIZE", DEFAULT_POOL_SIZE, int, "connections", problems
-        )
-        database: SqliteDatabase | PostgresDatabase | None = None
-        try:
-            database = parse_database_url(
-                env.get("USERSERVICE_DATABASE_URL", DEFAULT_DATABASE_URL),
-                timeout=timeout,
-                pool_size=pool_size,
-            )
-        except ConfigError as exc:
-            problems.append(str(exc))
-
-        max_body = _positive(env, "USERSERVICE_MAX_BODY", DEFAULT_MAX_BODY, int, "bytes", problems)
-
-        if problems or allowed_dn is None or database is None:
-            raise ConfigError("invalid User Service settings:\n  " + "\n  ".join(problems))
-        return cls(allowed_dn=allowed_dn, database=database, max_body=max_body)
-
-
-def _positive(
-    env: Mapping[str, str],
-    name: str,
-    default: _N,
-    kind: type[_N],
-    unit: str,
-    problems: list[str],
-) -> _N:
-    """``env[name]`` as a positive finite ``kind`` (plain digits for an int), or
-    ``default`` and a problem naming the variable."""
-    raw = env.get(name, str(default)).strip()
-    value = kind(0)
-    if raw.isascii() and (raw.isdigit() or kind is float):
-        with contextlib.suppress(ValueError):
-            value = kind(raw)
-    if not 0 < value < float("inf"):  # also refuses NaN
-        problems.append(f"{name}={raw!r} is not a positive number of {unit} (default {default})")
-        return default
-    return value
+        if read.database is None:  # read_env has raised for every way this can happen
+            raise ConfigError("invalid User Service settings: no database")
+        return cls(allowed_dn=read.allowed_dn, database=read.database, max_body=read.max_body)
 
 
 def parse_database_url(
