@@ -15,12 +15,11 @@ from typing import Any
 
 from flask import Blueprint, request
 
+from mtls.identity import PEER_ENVIRON_KEY, PeerIdentity
 from mtls.policy import require_dn
 
 # Any verified DN; DOTALL so even an odd DN with a newline is "any".
 ANY_VERIFIED_DN = re.compile(".*", re.DOTALL)
-
-_MOD_SSL_TIME = "%b %d %H:%M:%S %Y GMT"  # "Feb  6 03:04:05 2027 GMT"
 
 
 def make_blueprint() -> Blueprint:
@@ -35,18 +34,21 @@ def make_blueprint() -> Blueprint:
 
 
 def describe_peer(environ: Mapping[str, Any]) -> dict[str, Any]:
-    """The SPEC's whoami JSON from the worker's mod_ssl-style environ keys."""
+    """The whoami JSON: the identity from the worker's parsed certificate, the TLS facts
+    from its mod_ssl-style environ keys."""
+    peer = environ.get(PEER_ENVIRON_KEY)
+    identity = peer if isinstance(peer, PeerIdentity) else None
     resumed = environ.get("SSL_SESSION_RESUMED")
     return {
-        "subject_dn": environ.get("SSL_CLIENT_S_DN"),
-        "issuer_dn": environ.get("SSL_CLIENT_I_DN"),
-        "serial": environ.get("SSL_CLIENT_M_SERIAL"),
-        "not_before": _iso_time(environ.get("SSL_CLIENT_V_START")),
-        "not_after": _iso_time(environ.get("SSL_CLIENT_V_END")),
+        "subject_dn": identity.subject_dn if identity else None,
+        "issuer_dn": identity.issuer_dn if identity else None,
+        "serial": identity.serial if identity else None,
+        "not_before": _iso(identity.not_before) if identity else None,
+        "not_after": _iso(identity.not_after) if identity else None,
         "days_left": _int(environ.get("SSL_CLIENT_V_REMAIN")),
-        "san_dns": _numbered(environ, "SSL_CLIENT_SAN_DNS_"),
-        "san_uri": _numbered(environ, "SSL_CLIENT_SAN_URI_"),
-        "san_email": _numbered(environ, "SSL_CLIENT_SAN_Email_"),
+        "san_dns": list(identity.san_dns) if identity else [],
+        "san_uri": list(identity.san_uri) if identity else [],
+        "san_email": list(identity.san_email) if identity else [],
         "verify": environ.get("SSL_CLIENT_VERIFY"),
         "remote_addr": environ.get("REMOTE_ADDR"),
         "remote_port": _int(environ.get("REMOTE_PORT")),
@@ -57,23 +59,8 @@ def describe_peer(environ: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def _numbered(environ: Mapping[str, Any], prefix: str) -> list[str]:
-    """mod_ssl's ``PREFIX0``, ``PREFIX1``, ... until the first gap."""
-    values: list[str] = []
-    while (value := environ.get(f"{prefix}{len(values)}")) is not None:
-        values.append(str(value))
-    return values
-
-
-def _iso_time(value: Any) -> str | None:
-    """mod_ssl's ``Feb  6 03:04:05 2027 GMT`` as ISO 8601 UTC; None if absent or odd."""
-    if not isinstance(value, str):
-        return None
-    try:
-        moment = datetime.strptime(value, _MOD_SSL_TIME).replace(tzinfo=UTC)
-    except ValueError:
-        return None
-    return moment.isoformat().replace("+00:00", "Z")
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def _int(value: Any) -> int | None:
