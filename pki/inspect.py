@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from mtls.identity import format_dn, format_serial, format_time
-from mtls.x509rules import crl_number, extension, general_names
+from mtls.x509rules import crl_number, extension, general_names, stale_crl
 from pki import store
 from pki.csr import describe_extension, describe_san
 from pki.errors import StoreError
@@ -136,7 +136,7 @@ def crl_facts(crl: x509.CertificateRevocationList, *, now: datetime.datetime) ->
         "crl_number": number,
         "this_update": crl.last_update_utc.isoformat(),
         "next_update": next_update.isoformat() if next_update else None,
-        "out_of_date": next_update is None or next_update < now,
+        "out_of_date": stale_crl(next_update, now) is not None,
         "revoked": [
             {
                 "serial": format_serial(r.serial_number),
