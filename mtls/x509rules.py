@@ -43,6 +43,7 @@ from typing import Literal, Protocol, TypeVar
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.x509 import verification
 
 from mtls.errors import ChainRefused
@@ -132,30 +133,25 @@ def is_root(cert: x509.Certificate) -> bool:
 # --- keys ------------------------------------------------------------------------------------
 
 
-def key_matches(key: object, cert: x509.Certificate) -> bool:
-    """A private (or public) key is the one ``cert`` certifies: same SubjectPublicKeyInfo.
+def key_matches(key: PrivateKeyTypes, cert: x509.Certificate) -> bool:
+    """The private key is the one ``cert`` certifies: the same SubjectPublicKeyInfo.
 
     OpenSSL's X509_check_private_key compares the same thing; the client's
     encrypted PEM key is decrypted by OpenSSL only, so mtls.credentials takes
     its KEY_VALUES_MISMATCH as this answer and words it with `key_mismatch`.
     """
-    public = getattr(key, "public_key", lambda: key)()
+    spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     try:
-        return bool(_spki(public) == _spki(cert.public_key()))
-    except (AttributeError, TypeError, ValueError, UnsupportedAlgorithm):
-        return False
+        return key.public_key().public_bytes(*spki) == cert.public_key().public_bytes(*spki)
+    except (TypeError, ValueError, UnsupportedAlgorithm):
+        return False  # a certificate key type cryptography cannot serialise matches nothing
 
 
 def key_mismatch(key_file: object, cert_file: object, cert: x509.Certificate, fix: str) -> str:
+    """The one sentence for a key that is not the certificate's (start-up, client, `pki`)."""
     return (
         f"{key_file} does not match the certificate in {cert_file} ({format_dn(cert.subject)}): "
         f"was one of them replaced without the other? {fix}"
-    )
-
-
-def _spki(public: object) -> bytes:
-    return public.public_bytes(  # type: ignore[attr-defined, no-any-return]
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
 
 
