@@ -85,7 +85,7 @@ def _base(subject: x509.Name, issuer: Issued, public: object) -> x509.Certificat
         .not_valid_after(now + datetime.timedelta(days=60))
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)  # type: ignore[arg-type]
         .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.key.public_key()),  # type: ignore[arg-type]
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.key.public_key()),
             critical=False,
         )
     )

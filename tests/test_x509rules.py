@@ -181,6 +181,7 @@ def test_crl_trust_needs_a_ca_signature_and_freshness(demo_pki: Path) -> None:
         "the CRL from 'CN=homepage.internal,OU=Services,O=Example' is not signed by a CA of "
         "this chain"
     )
-    later = crl.next_update_utc + datetime.timedelta(seconds=1)  # type: ignore[operator]
+    assert crl.next_update_utc is not None
+    later = crl.next_update_utc + datetime.timedelta(seconds=1)
     (stale,) = x509rules.crl_problems(crl, [global_ca.cert], later)
     assert stale.startswith("the CRL is past its nextUpdate (")
