@@ -23,9 +23,9 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from mtls.errors import CertificateFileError
 from mtls.privatefile import private_file
 from mtls.tls import new_client_context
+from mtls.x509rules import KEY_FIX, key_mismatch
 
 _FIX = "run `make demo` (or `pki demo --dir pki/out`), or point the setting at your own file"
-_KEY_FIX = "give the key written with that certificate (`pki issue NAME` writes NAME.key)"
 _PEM_KEY = re.compile(rb"-----BEGIN (?:RSA |EC |ENCRYPTED )?PRIVATE KEY-----")
 
 
@@ -131,8 +131,9 @@ def _load_pem(
                 f"cannot decrypt the key with the password given ({exc.reason}); "
                 "check the password file"
             )
-        elif exc.reason == "KEY_VALUES_MISMATCH":
-            problem = f"the key does not belong to the first certificate of {cert.name}; {_KEY_FIX}"
+        elif exc.reason == "KEY_VALUES_MISMATCH":  # X509_check_private_key: x509rules.key_matches
+            mismatch = key_mismatch(key, cert, certs[0], KEY_FIX)
+            raise CertificateFileError(mismatch, files=[key]) from exc
         elif exc.reason is None:  # OpenSSL's "PEM lib": the PEM block does not decode
             problem = f"the private key in it is damaged (OpenSSL: {exc}): {_FIX}"
         else:

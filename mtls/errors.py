@@ -68,3 +68,7 @@ class ClientCertificateRefusedError(UpstreamError):
     considers the handshake done before the server has judged our certificate,
     so the refusal arrives as an alert (or a reset) on the first read.
     """
+
+
+class ChainRefused(MtlsError):
+    """The strict chain verifier (mtls.x509rules.verify_chain) found no chain; says why."""

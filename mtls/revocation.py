@@ -14,8 +14,9 @@ gain trust from it. Two rules live here:
   thisUpdate of 5.1.2.4): an older CRL would re-enable certificates revoked
   since.
 
-Deliberately NOT done here: who signed a CRL (mtls.validation checks that
-against the CA certificates of the chain and the bundle) and delta CRLs
+Deliberately NOT done here: who signed a CRL and whether it is fresh
+(mtls.x509rules.crl_problems, applied by mtls.validation to the CA
+certificates of the chain and the bundle) and delta CRLs
 (we never load any; OpenSSL ignores them without X509_V_FLAG_USE_DELTAS).
 """
 
@@ -32,6 +33,7 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 
 from mtls.identity import format_dn
+from mtls.x509rules import crl_number
 
 _LABEL = b"X509 CRL"
 # OpenSSL's sanitize_line() strips every byte <= ' ' at the end of a header line.
@@ -54,11 +56,7 @@ class CrlInfo:
 
 
 def crl_info(crl: x509.CertificateRevocationList) -> CrlInfo:
-    try:
-        number: int | None = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
-    except x509.ExtensionNotFound:
-        number = None
-    return CrlInfo(crl.issuer, format_dn(crl.issuer), number, crl.last_update_utc)
+    return CrlInfo(crl.issuer, format_dn(crl.issuer), crl_number(crl), crl.last_update_utc)
 
 
 def parse_crl_file(

@@ -34,6 +34,7 @@ from mtls.revocation import CrlInfo, crl_info, refuse_older_crls
 from mtls.settings import ServerSettings
 from mtls.tls import new_server_context
 from mtls.validation import CheckedFiles, check_files, variable_for
+from mtls.x509rules import day, stale_crl
 
 _PEM = serialization.Encoding.PEM
 _DER = serialization.Encoding.DER
@@ -65,14 +66,14 @@ class TlsState:
         situation in the reason ("resumed session", "kept-alive connection").
         """
         if now > cert.not_valid_after_utc:
-            expired = f"{cert.not_valid_after_utc:%Y-%m-%d %H:%M:%S}"
-            return f"{what} for a certificate that expired on {expired} UTC"
+            return f"{what} for a certificate that expired on {day(cert.not_valid_after_utc)}"
         if cert.serial_number in self.revoked_serials:
             return f"{what} for a revoked certificate"
-        if self.crl_next_update is not None and now > self.crl_next_update:
+        stale = stale_crl(self.crl_next_update, now) if self.crl_next_update else None
+        if stale is not None:
             # OpenSSL refuses every full handshake once the CRL is stale
             # (fail closed); an earlier verification must not be the way around it.
-            return f"{what}, but the CRL is past its nextUpdate (refresh it: `pki crl`)"
+            return f"{what}, but {stale}"
         return None
 
 

@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from mtls.x509rules import extension
 from pki import names
 from pki.errors import InvalidNameError, PasswordError, ValidityError
 from pki.keys import (
@@ -271,10 +272,7 @@ def sign_leaf(
 
 def profile_of(cert: x509.Certificate) -> Profile:
     """The profile a leaf was made with, read back from its EKU (what `pki renew` keeps)."""
-    try:
-        ekus = set(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
-    except x509.ExtensionNotFound:
-        ekus = set()
+    ekus = set(extension(cert, x509.ExtendedKeyUsage) or [])
     for profile, wanted in _EKUS.items():
         if ekus == set(wanted):
             return profile
@@ -431,9 +429,8 @@ def _issuer_extensions(
 
 
 def _aki(issuer: Issued) -> x509.AuthorityKeyIdentifier:
-    try:
-        ski = issuer.cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-    except x509.ExtensionNotFound:
+    ski = extension(issuer.cert, x509.SubjectKeyIdentifier)
+    if ski is None:
         return x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.key.public_key())
     return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
 

@@ -27,6 +27,7 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from mtls.identity import format_dn
+from mtls.x509rules import general_names
 from pki import names
 from pki.errors import InvalidCsrError, InvalidNameError
 from pki.keys import PublicKey, check_leaf_key
@@ -92,7 +93,7 @@ def grant(csr: x509.CertificateSigningRequest, overrides: Overrides, *, source: 
     )
     taken = {NameOID.COMMON_NAME, NameOID.ORGANIZATIONAL_UNIT_NAME}
     ignored += [f"subject {attr.rfc4514_string()}" for attr in csr.subject if attr.oid not in taken]
-    requested = requested_sans(csr)
+    requested = general_names(csr)
     if overrides.sets_sans:
         sans = names.subject_alt_names(
             dns=overrides.dns, ips=overrides.ips, uris=overrides.uris, emails=overrides.emails
@@ -106,16 +107,6 @@ def grant(csr: x509.CertificateSigningRequest, overrides: Overrides, *, source: 
         if not isinstance(ext.value, x509.SubjectAlternativeName)
     ]
     return Granted(public, cn, ou, sans, ignored)
-
-
-def requested_sans(
-    csr: x509.CertificateSigningRequest | x509.Certificate,
-) -> list[x509.GeneralName]:
-    """The subjectAltName entries of a CSR (or of a certificate), in order; [] without one."""
-    try:
-        return list(csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
-    except x509.ExtensionNotFound:
-        return []
 
 
 def describe_san(name: x509.GeneralName) -> str:

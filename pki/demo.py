@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime
 
 from mtls.identity import format_dn
+from mtls.x509rules import validity_problem
 from pki import authority, store
 from pki.directory import (
     CA_FILES,
@@ -145,9 +146,9 @@ def _expired(ca: CaDir, now: datetime.datetime) -> list[str]:
     certs = ["root.crt", "global.crt", *(f"{r.name}.crt" for r, _ in LEAVES), f"{ROGUE}.crt"]
     found = []
     for name in certs:
-        cert = store.load_cert(ca / name)
-        if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
-            found.append(f"{name} is outside its validity period")
+        why = validity_problem(store.load_cert(ca / name), now)
+        if why is not None:
+            found.append(f"{name} is outside its validity period ({why})")
     return found
 
 

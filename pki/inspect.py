@@ -22,8 +22,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from mtls.identity import format_dn, format_serial, format_time
+from mtls.x509rules import crl_number, extension, general_names, stale_crl
 from pki import store
-from pki.csr import describe_extension, describe_san, requested_sans
+from pki.csr import describe_extension, describe_san
 from pki.errors import StoreError
 from pki.lifetime import time_left
 
@@ -74,11 +75,10 @@ def eku_name(oid: x509.ObjectIdentifier) -> str:
 
 def reason_name(entry: x509.RevokedCertificate) -> str:
     """The CRL reason as OpenSSL and `pki revoke --reason` spell it; no extension is unspecified."""
-    try:
-        flag = entry.extensions.get_extension_for_class(x509.CRLReason).value.reason
-    except x509.ExtensionNotFound:
+    reason = extension(entry, x509.CRLReason)
+    if reason is None:
         return "unspecified"
-    return _REASON_NAMES.get(flag, flag.value)
+    return _REASON_NAMES.get(reason.reason, reason.reason.value)
 
 
 def fingerprint(cert: x509.Certificate) -> str:
@@ -104,7 +104,7 @@ def cert_facts(cert: x509.Certificate, *, now: datetime.datetime) -> dict[str, A
         "ca": _ca(cert),
         "key_usage": _ext(cert, x509.KeyUsage, _key_usage),
         "eku": _ext(cert, x509.ExtendedKeyUsage, lambda v: [eku_name(o) for o in v]),
-        "san": _ext(cert, x509.SubjectAlternativeName, lambda v: [describe_san(n) for n in v]),
+        "san": [describe_san(n) for n in general_names(cert)],
         "crl_dp": _ext(cert, x509.CRLDistributionPoints, _crl_dps),
         "sha256": fingerprint(cert),
         "policy_regex": re.escape(dn),
@@ -129,17 +129,14 @@ def describe_cert(cert: x509.Certificate, *, now: datetime.datetime) -> list[str
 
 def crl_facts(crl: x509.CertificateRevocationList, *, now: datetime.datetime) -> dict[str, Any]:
     next_update = crl.next_update_utc
-    try:
-        number: int | None = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
-    except x509.ExtensionNotFound:
-        number = None
+    number = crl_number(crl)
     return {
         "type": "crl",
         "issuer": format_dn(crl.issuer),
         "crl_number": number,
         "this_update": crl.last_update_utc.isoformat(),
         "next_update": next_update.isoformat() if next_update else None,
-        "out_of_date": next_update is None or next_update < now,
+        "out_of_date": stale_crl(next_update, now) is not None,
         "revoked": [
             {
                 "serial": format_serial(r.serial_number),
@@ -180,7 +177,7 @@ def csr_facts(request: x509.CertificateSigningRequest) -> dict[str, Any]:
     return {
         "type": "csr",
         "subject": format_dn(request.subject),
-        "san": [describe_san(n) for n in requested_sans(request)],
+        "san": [describe_san(n) for n in general_names(request)],
         "key": key_name(request.public_key()),
         "signature_valid": request.is_signature_valid,
         "extensions": [describe_extension(e) for e in request.extensions],
@@ -294,9 +291,8 @@ def key_name(key: object) -> str:
 
 
 def _ca(cert: x509.Certificate) -> str:
-    try:
-        bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
-    except x509.ExtensionNotFound:
+    bc = extension(cert, x509.BasicConstraints)
+    if bc is None:
         return "no basicConstraints"
     if not bc.ca:
         return "CA:FALSE"
@@ -304,10 +300,8 @@ def _ca(cert: x509.Certificate) -> str:
 
 
 def _ext(cert: x509.Certificate, kind: type[_E], show: Callable[[_E], list[str]]) -> list[str]:
-    try:
-        return show(cert.extensions.get_extension_for_class(kind).value)
-    except x509.ExtensionNotFound:
-        return []
+    value = extension(cert, kind)
+    return [] if value is None else show(value)
 
 
 def _key_usage(usage: x509.KeyUsage) -> list[str]:

@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 
 from mtls.identity import format_dn, format_serial
+from mtls.x509rules import general_names, issued_by, key_matches, key_mismatch
 from pki import authority, csr, keys, names, store
 from pki.authority import Issued, Window
 from pki.directory import RESERVED, CaDir, LeafRequest, add_cert, add_crl, ca_org, leaf_files
@@ -85,7 +85,7 @@ def plan_sign(
     plan.report += [
         f"signed {request.name} from {source}: {ca / crt_file}, {ca / chain_file}",
         f"  subject {format_dn(cert.subject)}; SAN "
-        + ", ".join(csr.describe_san(n) for n in csr.requested_sans(cert))
+        + ", ".join(csr.describe_san(n) for n in general_names(cert))
         + f"; {request.profile}; serial {format_serial(cert.serial_number)}; "
         f"until {_when(cert.not_valid_after_utc)}",
     ]
@@ -139,7 +139,7 @@ def plan_renew(
         public,
         name=old.subject,
         profile=authority.profile_of(old),
-        sans=csr.requested_sans(old),
+        sans=general_names(old),
         window=Window.starting(now=now, lifetime=lifetime),
         crl_url=index.crl_url,
     )
@@ -202,13 +202,11 @@ def _current(ca: CaDir, name: str, global_ca: Issued) -> x509.Certificate:
             f"`pki list --dir {ca.path}` shows what was issued, `pki issue {name}` makes one"
         )
     cert = store.load_cert(path)
-    try:
-        cert.verify_directly_issued_by(global_ca.cert)
-    except (ValueError, TypeError, InvalidSignature):
+    if not issued_by(cert, global_ca.cert):
         raise StoreError(
             f"{path} was not issued by this CA's global.crt (its issuer is "
             f"{format_dn(cert.issuer)}); issue a new one with `pki issue {name}`"
-        ) from None
+        )
     return cert
 
 
@@ -226,11 +224,9 @@ def _key(ca: CaDir, name: str, old: x509.Certificate, new_key: bool) -> PrivateK
         key_type, bits = _key_type(old)
         return keys.generate_key(key_type, bits)
     key = store.load_key(path)
-    if key.public_key() != old.public_key():
-        raise StoreError(
-            f"{path} is not the key of {ca / leaf_files(name)[1]}; restore the matching key, "
-            "or pass --new-key"
-        )
+    if not key_matches(key, old):
+        fix = "restore the matching key, or pass --new-key"
+        raise StoreError(key_mismatch(path, ca / leaf_files(name)[1], old, fix))
     return key
 
 

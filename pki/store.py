@@ -20,6 +20,7 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
+from mtls.x509rules import key_matches, key_mismatch
 from pki.authority import Issued
 from pki.errors import StoreError
 from pki.index import Index, dump_index, parse_index
@@ -147,8 +148,8 @@ def load_issued(cert_path: Path, key_path: Path, *, fix: str) -> Issued:
     """A certificate, its key and its chain, refusing a key that does not belong to it."""
     certs = load_certs(cert_path, fix=fix)
     key = load_key(key_path, fix=fix)
-    if certs[0].public_key() != key.public_key():
-        raise StoreError(f"{key_path} is not the key of {cert_path}; {fix}")
+    if not key_matches(key, certs[0]):
+        raise StoreError(key_mismatch(key_path, cert_path, certs[0], fix))
     return Issued(certs[0], key, tuple(certs[1:]))
 
 

@@ -471,8 +471,9 @@ def test_a_key_that_does_not_match_the_certificate_is_refused_naming_both(
     with pytest.raises(CertificateFileError) as caught:
         make_session(settings_for(demo_pki, key=other))
     assert str(caught.value) == (
-        f"{other}: the key does not belong to the first certificate of homepage-chain.crt; "
-        "give the key written with that certificate (`pki issue NAME` writes NAME.key)"
+        f"{other} does not match the certificate in {demo_pki / 'homepage-chain.crt'} "
+        "(CN=homepage.internal,OU=Services,O=Example): was one of them replaced without the "
+        "other? give the key written with that certificate (`pki issue NAME` writes NAME.key)"
     )
     assert caught.value.files == (other,)
 

@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives import serialization
 from pki import authority, keys
 from pki import cli as pki_cli
 from tests.clients import get
+from tests.foreign_cas import foreign_intermediate, server_leaf_under, write_server_files
 from tests.pkifiles import load_issued, write_issued
 from tests.servers import (
     ECHO,
@@ -301,6 +302,23 @@ def test_gunicorn_refuses_to_start_with_a_mismatched_key(demo_pki: Path, tmp_pat
     output = run_gunicorn_expecting_failure(env, tmp_path)
     assert "Error: the server's TLS files cannot be used:" in output
     assert "homepage.key does not match the certificate in" in output
+    assert "Traceback" not in output
+
+
+def test_gunicorn_refuses_to_start_with_a_ca_false_intermediate_in_its_chain(
+    demo_pki: Path, tmp_path: Path
+) -> None:
+    # Before mtls.x509rules this started, and every client then failed (curl 60).
+    root = load_issued(demo_pki, "root")
+    fake = foreign_intermediate(root, ca=False)
+    chain, key = write_server_files(tmp_path, server_leaf_under(fake))
+    env = server_env(demo_pki, "userservice", MTLS_CERTFILE=str(chain), MTLS_KEYFILE=str(key))
+    output = run_gunicorn_expecting_failure(env, tmp_path)
+    assert "Error: the server's TLS files cannot be used:" in output
+    assert (
+        f"'CN=Foreign Intermediate,O=Example' in {chain} is not a CA (CA:FALSE), yet it issued "
+        "'CN=foreign.internal,OU=Services,O=Example'"
+    ) in output
     assert "Traceback" not in output
 
 

@@ -321,7 +321,10 @@ def test_verify_chain_without_the_intermediate_is_untrusted(
     root: Issued, global_ca: Issued
 ) -> None:
     cert = leaf(global_ca).cert
-    with pytest.raises(CertificateRefused, match=r"^untrusted chain: issuer CN=Example Global"):
+    with pytest.raises(
+        CertificateRefused,
+        match=r"^untrusted chain: .* was issued by 'CN=Example Global CA,O=Example'",
+    ):
         verify.verify_chain(cert, roots=[root.cert])
 
 
@@ -330,7 +333,7 @@ def test_revocation_check_refuses_a_crl_from_another_issuer(
 ) -> None:
     cert = leaf(global_ca).cert
     foreign = authority.build_crl(root, [], now=NOW)
-    with pytest.raises(CertificateRefused, match="CRL is not signed by the leaf's issuer"):
+    with pytest.raises(CertificateRefused, match="is not signed by the leaf's issuer"):
         verify.check_revocation(cert, global_ca.cert, foreign, now=NOW)
 
 

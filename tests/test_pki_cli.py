@@ -292,7 +292,10 @@ def test_issue_with_a_key_of_another_ca_is_refused(run: Run, ca: Path, tmp_path:
     other = tmp_path / "other"
     assert run("init", "--dir", other)[0] == 0
     shutil.copy(other / "global.key", ca / "global.key")
-    refused(run("issue", "a", "--dir", ca, "--client"), r"global\.key is not the key of .*global")
+    refused(
+        run("issue", "a", "--dir", ca, "--client"),
+        r"global\.key does not match the certificate in .*global",
+    )
 
 
 def test_reissue_without_force_exits_2_and_touches_nothing(run: Run, ca: Path) -> None:
@@ -475,7 +478,11 @@ def test_verify_with_explicit_ca_and_untrusted(run: Run, demo_pki: Path) -> None
 @pytest.mark.parametrize(
     ("cert", "extra", "reason"),
     [
-        ("rogue-chain.crt", [], r"untrusted chain: issuer CN=Rogue Root CA,O=Example does not"),
+        (
+            "rogue-chain.crt",
+            [],
+            r"untrusted chain: .* was issued by 'CN=Rogue Root CA,O=Example', which is neither",
+        ),
         ("userservice.crt", [], r"wrong purpose: not valid for client use \(.*: serverAuth\)"),
         ("eventservice.crt", ["--purpose", "server"], r"wrong purpose: not valid for server use"),
         (
@@ -537,8 +544,8 @@ def test_verify_refuses_when_the_crl_is_out_of_date(run: Run, ca: Path, tmp_path
     assert run("issue", "svc", "--dir", ca, "--client")[0] == 0
     code, out, _ = run("verify", ca / "svc-chain.crt", "--dir", ca, "--crl", tmp_path / "stale.pem")
     assert code == 1
-    assert "the CRL is out of date" in out
-    assert "run `pki crl --dir DIR`" in out
+    assert "the CRL is past its nextUpdate" in out
+    assert "`pki crl --dir DIR`" in out
 
 
 @pytest.mark.parametrize(
