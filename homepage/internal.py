@@ -17,7 +17,8 @@ from flask import Blueprint
 
 from homepage.settings import HomePageSettings
 from homepage.upstream import UserServiceClient
-from mtls.identity import format_dn, format_serial
+from mtls.dn import format_dn
+from mtls.identity import format_serial
 from mtls.policy import require_dn
 
 _PACKAGES = ("flask", "gunicorn", "cryptography", "requests", "urllib3")

@@ -42,8 +42,8 @@ from urllib3.util.retry import Retry
 
 from mtls.connection import MtlsConnection
 from mtls.credentials import build_client_context
+from mtls.dn import format_dn
 from mtls.errors import UpstreamRedirectError
-from mtls.identity import format_dn
 
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 #: Same-origin redirects followed per request (requests' default is 30).

@@ -17,8 +17,8 @@ from typing import Any, ClassVar
 from cryptography import x509
 from urllib3.connection import HTTPSConnection
 
+from mtls.dn import format_dn
 from mtls.errors import ClientCertificateRefusedError, UpstreamIdentityError
-from mtls.identity import format_dn
 
 # Alerts (OpenSSL reason names) a server sends when it rejects the client's
 # certificate. Not handshake_failure: that one also means "no shared cipher".

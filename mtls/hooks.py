@@ -109,7 +109,7 @@ def _route_app_logs(server: Any) -> None:
 
 
 def _log_state(server: Any, state: TlsState, verb: str) -> None:
-    from mtls.identity import format_dn
+    from mtls.dn import format_dn
 
     settings = state.settings
     server.log.info(

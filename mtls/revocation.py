@@ -32,7 +32,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 
-from mtls.identity import format_dn
+from mtls.dn import format_dn
 from mtls.x509rules import crl_number
 
 _LABEL = b"X509 CRL"

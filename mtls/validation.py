@@ -26,8 +26,8 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from mtls import x509rules
+from mtls.dn import format_dn
 from mtls.errors import ChainRefused
-from mtls.identity import format_dn
 from mtls.revocation import parse_crl_file
 from mtls.settings import ServerSettings
 

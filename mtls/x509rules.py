@@ -46,8 +46,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.x509 import verification
 
+from mtls.dn import format_dn
 from mtls.errors import ChainRefused
-from mtls.identity import format_dn
 
 Purpose = Literal["client", "server"]
 E = TypeVar("E", bound=x509.ExtensionType)

@@ -23,8 +23,8 @@ from typing import Any, NoReturn, TextIO
 
 from cryptography import x509
 
+from mtls.dn import format_dn
 from mtls.envconfig import password_line
-from mtls.identity import format_dn
 from pki import authority, csr, demo, directory, lifecycle, listing, store, verify
 from pki import inspect as inspect_
 from pki.errors import (

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from mtls.identity import format_dn
+from mtls.dn import format_dn
 from mtls.x509rules import general_names
 from pki import names
 from pki.errors import InvalidCsrError, InvalidNameError

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime
 
-from mtls.identity import format_dn
+from mtls.dn import format_dn
 from mtls.x509rules import validity_problem
 from pki import authority, store
 from pki.directory import (

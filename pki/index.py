@@ -16,7 +16,8 @@ from typing import Any
 
 from cryptography import x509
 
-from mtls.identity import format_dn, format_serial
+from mtls.dn import format_dn
+from mtls.identity import format_serial
 from pki.authority import REASONS, RevokedEntry
 from pki.errors import StoreError, UnknownCertificateError
 

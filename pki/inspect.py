@@ -21,7 +21,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from mtls.identity import format_dn, format_serial, format_time
+from mtls.dn import format_dn
+from mtls.identity import format_serial, format_time
 from mtls.x509rules import crl_number, extension, general_names, stale_crl
 from pki import store
 from pki.csr import describe_extension, describe_san

@@ -22,7 +22,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 
-from mtls.identity import format_dn, format_serial
+from mtls.dn import format_dn
+from mtls.identity import format_serial
 from mtls.x509rules import general_names, issued_by, key_matches, key_mismatch
 from pki import authority, csr, keys, names, store
 from pki.authority import Issued, Window

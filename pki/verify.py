@@ -29,8 +29,9 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from mtls import x509rules
+from mtls.dn import format_dn
 from mtls.errors import ChainRefused
-from mtls.identity import format_dn, format_serial
+from mtls.identity import format_serial
 from mtls.x509rules import Purpose, day
 from pki import names
 from pki.errors import CertificateRefused

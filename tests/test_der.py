@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mtls import der
-from mtls.identity import format_dn
+from mtls.dn import format_dn
 from pki.authority import build_leaf, build_root, make_name
 
 # Universal string types the DN printer decodes (tag2nbyte in OpenSSL's a_strex.c).

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.name import _ASN1Type  # the only way to pick a BIT STRING value
 from cryptography.x509.oid import NameOID
 
-from mtls.identity import format_dn
+from mtls.dn import format_dn
 from mtls.logs import log_safe
 from pki import authority, store
 from tests.servers import Server, client_context, running, server_env

@@ -22,12 +22,12 @@ from cryptography.x509.oid import NameOID
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mtls import identity
+from mtls import dn
+from mtls.dn import format_dn
 from mtls.identity import (
     PEER_ENVIRON_KEY,
     PeerIdentity,
     build_tls_environ,
-    format_dn,
     format_serial,
     format_time,
     peer_from_der,
@@ -166,7 +166,7 @@ def test_subject_dn_is_what_openssl_and_mod_ssl_print(
 @needs_openssl
 def test_every_short_name_in_the_table_is_openssls_spelling() -> None:
     values = {"2.5.4.6": "DE", "1.3.6.1.4.1.311.60.2.1.3": "DE"}  # countries are two letters
-    oids = [x509.ObjectIdentifier(dotted) for dotted in identity._SHORT_NAMES]
+    oids = [x509.ObjectIdentifier(dotted) for dotted in dn._SHORT_NAMES]
     cert = self_signed(x509.Name([attr(oid, values.get(oid.dotted_string, "v")) for oid in oids]))
     assert format_dn(cert.subject) == openssl_dn(cert)
 

@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from mtls.identity import format_dn
+from mtls.dn import format_dn
 from pki import authority, index, names, verify
 from pki.authority import Issued
 from pki.errors import (

@@ -587,7 +587,7 @@ def test_demo_makes_the_spec_set_with_private_keys(demo_pki: Path) -> None:
 
 @pytest.mark.parametrize(("name", "dn"), DEMO_DNS.items())
 def test_demo_leaves_have_the_documented_dns(demo_pki: Path, name: str, dn: str) -> None:
-    from mtls.identity import format_dn
+    from mtls.dn import format_dn
 
     assert format_dn(store.load_cert(demo_pki / f"{name}.crt").subject) == dn
 

@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from cryptography import x509
 
-from mtls.identity import format_dn
+from mtls.dn import format_dn
 
 HANG: Literal["hang"] = "hang"  # read the request, never answer
 DROP: Literal["drop"] = "drop"  # read the request, close the connection without a word
