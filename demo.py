@@ -1,11 +1,11 @@
-"""`make demo`: the demo PKI and both services under gunicorn, with the seed's curl checks.
+"""`make demo`: the demo PKI and both services under gunicorn, with the guide's curl checks.
 
     python demo.py [--pki pki/out]            run the two-service demo until Ctrl-C
     python demo.py [--pki pki/out] --check    run the six curl checks against it
 
 The same services behind HAProxy: `make lb-demo` (python -m deploy.lb_demo).
 
-The curl checks are the seed's, plus the DN policy's two answers; they are
+The curl checks are the guide's, plus the DN policy's two answers; they are
 also what the end-to-end tests run (tests/test_e2e_services.py).
 
 The banner with the URLs is printed once both services answer (the User
@@ -70,7 +70,7 @@ class CurlResult:
 
 
 def seed_checks(pki: Path, base: str = f"localhost:{USER_PORT}") -> list[CurlCheck]:
-    """The seed's curl checks (plain HTTP, untrusted root, no cert) and the policy's answers."""
+    """The guide's curl checks (plain HTTP, untrusted root, no cert) and the policy's answers."""
     root = str(pki / "root.crt")
 
     def as_(name: str) -> tuple[str, ...]:
@@ -154,7 +154,7 @@ def banner(pki: Path) -> str:
   User Service   https://localhost:{USER_PORT}   (client certificate required)
   Home Page      https://localhost:{HOME_PORT}/  (open in a browser that trusts {rel}/root.crt)
 
-  Try (the seed's checks):
+  Try (the guide's checks):
     curl http://localhost:{USER_PORT}/                                   # no HTTP answer
     curl https://localhost:{USER_PORT}/                                  # certificate problem
     curl --cacert {rel}/root.crt https://localhost:{USER_PORT}/users/1   # refused: no cert

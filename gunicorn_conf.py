@@ -1,4 +1,4 @@
-"""One gunicorn config for both services, driven by the MTLS_* env vars (SPEC).
+"""One gunicorn config for both services, driven by the MTLS_* env vars (README, "Server settings").
 
 Glue only: the logic lives in mtls.hooks, mtls.serverstate and mtls.worker.
 Start with e.g.

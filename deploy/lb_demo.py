@@ -10,7 +10,7 @@ Addresses (loopback aliases, which Linux answers without any setup):
                    +--> 127.0.0.4:8443  User Service #2   (both share var/userservice.db)
     browser --> 127.0.0.1:9443  Home Page, calling https://localhost:8443 (the LB)
 
-HAProxy binds where the plain demo's User Service listens, so the SPEC's
+HAProxy binds where the plain demo's User Service listens, so the README's
 URL and curl commands stay the same; its outgoing source address is a
 different one (127.0.0.2) so that the backends can trust exactly the LB and
 still see every other peer (here: 127.0.0.1, you) as what it is.

@@ -1,8 +1,8 @@
 """The demo's two services: where they listen, their MTLS_*/HOMEPAGE_* settings, their probes.
 
 What both `make demo` (demo.py) and `make lb-demo` (deploy/lb_demo.py) start,
-so that neither demo imports the other. The ports are the SPEC's (the
-seed's curl commands use them); the files are what `pki demo` writes.
+so that neither demo imports the other. The ports are the documented 8443 and 9443 (the
+guide's curl commands use them); the files are what `pki demo` writes.
 """
 
 from __future__ import annotations

@@ -16,7 +16,15 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from mtls.client import ClientSettings
-from mtls.envconfig import Invalid, dn_regex, env, password_file, read_env, seconds
+from mtls.envconfig import (
+    Invalid,
+    dn_regex,
+    env,
+    password_file,
+    read_env,
+    seconds,
+    variable_for,
+)
 from mtls.errors import CertificateFileError, ConfigError
 
 DEFAULT_USERSERVICE_URL = "https://localhost:8443"
@@ -138,6 +146,8 @@ class HomePageSettings:
     userservice_url: str
     client: ClientSettings
     ops_dn: re.Pattern[str]
+    #: The variables as read: which one chose a file, for messages (``blame``).
+    env: HomePageEnv | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> HomePageSettings:
@@ -154,16 +164,14 @@ class HomePageSettings:
             read_timeout=read.read_timeout,
             peer_name="the User Service",
         )
-        return cls(userservice_url=read.userservice_url, client=client, ops_dn=read.ops_dn)
+        return cls(
+            userservice_url=read.userservice_url, client=client, ops_dn=read.ops_dn, env=read
+        )
 
     def blame(self, error: CertificateFileError) -> ConfigError:
         """``error`` (a file that cannot serve) as one line naming the setting that chose it."""
-        variables = {
-            self.client.cert: "HOMEPAGE_CLIENT_CERT",
-            self.client.key: "HOMEPAGE_CLIENT_KEY",
-            self.client.ca_certs: "HOMEPAGE_CA_CERTS",
-        }
-        named = dict.fromkeys(variables[f] for f in error.files if f in variables)
+        found = (variable_for(self.env, f) for f in error.files) if self.env else ()
+        named = dict.fromkeys(var for var in found if var)
         subject = ", ".join(named) or "HOMEPAGE_CLIENT_CERT/KEY/CA_CERTS"
         return ConfigError(
             f"invalid Home Page settings: {subject}: " + " ".join(str(error).split())

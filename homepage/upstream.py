@@ -7,7 +7,7 @@ in plain words, and a hint.
 
 What reaches the browser is our own text plus, at most, the status code the
 User Service answered and, for a 401/403, its policy refusal's ``message``
-when that is one of the SPEC's two fixed strings ("No certificate chain
+when that is one of the DN policy's two fixed answers ("No certificate chain
 found!", "Certificate subject is not recognized!"): those say which side of
 the certificate check failed, carry nothing of the request or the server,
 and are what an operator will grep for. Nothing else of the upstream answer
@@ -227,7 +227,7 @@ def _refused_to_connect(exc: requests.ConnectionError) -> bool:
 
 
 def _policy_message_of(response: requests.Response) -> str | None:
-    """The SPEC's fixed ``{"message": ...}`` of a DN policy refusal; anything else is None."""
+    """The fixed ``{"message": ...}`` of a DN policy refusal (mtls.policy), else None."""
     try:
         body = response.json()
     except ValueError:

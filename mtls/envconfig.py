@@ -80,6 +80,18 @@ def declarations(cls: type) -> list[tuple[dataclasses.Field[Any], Declaration]]:
     return [(f, f.metadata["env"]) for f in dataclasses.fields(cls) if "env" in f.metadata]
 
 
+def variable_for(settings: object, value: object) -> str | None:
+    """The variable whose setting holds ``value`` (a path in an error, say), if any.
+
+    So a message about a file can name the variable that chose it, from the
+    declarations alone: no second table of names to keep in step.
+    """
+    for f, decl in declarations(type(settings)):
+        if value is not None and getattr(settings, f.name) == value:
+            return decl.var
+    return None
+
+
 def read_env(
     cls: type[C],
     environ: Mapping[str, str],

@@ -1,6 +1,6 @@
 """Why a handshake failed, in one short phrase for the log.
 
-The seed debugs with ``-Djavax.net.debug=SSL``; this is that view without the
+The guide debugs with ``-Djavax.net.debug=SSL``; this is that view without the
 noise: one INFO line per refused connection, naming the peer and the reason.
 Pure: maps exceptions to phrases, so it is tested without sockets.
 """

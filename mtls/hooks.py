@@ -30,7 +30,7 @@ APP_LOGGERS = ("mtls", "userservice", "homepage")
 
 
 def on_starting(server: Any) -> None:
-    """Fail fast (the seed's validateCerts): gunicorn prints a RuntimeError as `Error: ...`."""
+    """Fail fast (the guide's validateCerts): gunicorn prints a RuntimeError as `Error: ...`."""
     _route_app_logs(server)
     worker_class = server.worker_class
     if not (isinstance(worker_class, type) and issubclass(worker_class, MtlsWorker)):

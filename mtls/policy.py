@@ -1,4 +1,4 @@
-"""DN policy: the seed's ``CertificateValidationFilter`` as a Flask blueprint hook.
+"""DN policy: the guide's ``CertificateValidationFilter`` as a Flask blueprint hook.
 
 A blueprint either carries a DN policy (:func:`require_dn`) or is marked public
 on purpose (:func:`mark_public`); :func:`enforce_policy_coverage` makes the app
@@ -9,7 +9,7 @@ What is checked: the worker verified a client chain against the trust bundle
 ``SSL_CLIENT_S_DN`` (``fullmatch``, Java's ``matches()``; never a search, so
 ``CN=homepage.internal,...,O=Evil`` does not pass a homepage policy).
 What is deliberately NOT checked here: chain validity, expiry, revocation
-(the worker's handshake owns those) and hostnames/SANs (the seed chose DNs so
+(the worker's handshake owns those) and hostnames/SANs (the guide chose DNs so
 that services can move between hosts).
 
 Toward the peer every denial is one of two fixed bodies; the details (DN,
@@ -209,7 +209,7 @@ def _check(policy: _Policy, blueprint: str) -> flask.Response | None:
 
 
 def _deny(message: str) -> flask.Response:
-    # json.dumps' default separators give the SPEC's body byte for byte,
+    # json.dumps' default separators give the documented body byte for byte,
     # whatever the app's JSON provider or debug mode would do.
     return flask.Response(json.dumps({"message": message}), 403, mimetype="application/json")
 

@@ -1,6 +1,6 @@
 """The server's TLS state: validated files and the one SSLContext built from them.
 
-The seed's ``validateCerts`` (mtls.validation), then the context's options
+The guide's ``validateCerts`` (mtls.validation), then the context's options
 (mtls.tls) and what is loaded into it.
 
 Built once in the gunicorn master and inherited by the forked workers, so

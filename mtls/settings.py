@@ -1,4 +1,4 @@
-"""Server settings: the SPEC's ``MTLS_*`` env vars parsed once into a frozen object.
+"""Server settings: the ``MTLS_*`` env vars (README, "Server settings") parsed into a frozen object.
 
 Each setting is declared once, with its default, parser and meaning
 (mtls.envconfig); every problem is reported together, each naming its variable.

@@ -20,7 +20,7 @@ Option by option, server (listener) / client (session), and why:
 - CRL: VERIFY_CRL_CHECK_LEAF when MTLS_CRLFILE is set / none: the server
   is pinned by DN and its certificates are renewed, the client has no CRL
   setting (a gap worth closing with short-lived server certificates).
-- renegotiation: refused on both (the seed's allowRenegotiation=false).
+- renegotiation: refused on both (the guide's allowRenegotiation=false).
 - compression: off on both (CRIME); OpenSSL's default, set explicitly.
 - TLS 1.2 ciphers: MTLS_CIPHERS with server preference / OpenSSL's
   defaults: the server decides, and the client offers every safe suite so

@@ -1,4 +1,4 @@
-"""Start-up checks of the server's TLS files (the seed's ``validateCerts``), over bytes.
+"""Start-up checks of the server's TLS files (the guide's ``validateCerts``), over bytes.
 
 Pure: given the files' contents and the time, return what they hold and every
 problem found, each naming the file, the reason and the fix, so an operator
@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from mtls import x509rules
+from mtls import envconfig, x509rules
 from mtls.dn import format_dn
 from mtls.errors import ChainRefused
 from mtls.revocation import parse_crl_file
@@ -72,13 +72,7 @@ def check_files(
 
 
 def variable_for(settings: ServerSettings, path: Path) -> str:
-    names = {
-        settings.certfile: "MTLS_CERTFILE",
-        settings.keyfile: "MTLS_KEYFILE",
-        settings.ca_certs: "MTLS_CA_CERTS",
-        settings.crlfile: "MTLS_CRLFILE",
-    }
-    return names.get(path, "?")
+    return envconfig.variable_for(settings, path) or "?"
 
 
 def _certs(path: Path, raw: Mapping[Path, bytes], problems: list[str]) -> list[x509.Certificate]:
@@ -205,7 +199,7 @@ def _check_bundle(
         if not x509rules.is_root(cert):
             warnings.append(
                 f"{settings.ca_certs} holds '{format_dn(cert.subject)}', which is not a root: "
-                "it only helps build paths to a root in the same file; the seed trusts the "
+                "it only helps build paths to a root in the same file; the guide trusts the "
                 "root only"
             )
 
@@ -213,7 +207,7 @@ def _check_bundle(
 def _check_ciphers(settings: ServerSettings, key: PrivateKeyTypes, problems: list[str]) -> None:
     """A TLS 1.2 suite list that cannot use our key type would refuse every TLS 1.2 client.
 
-    The seed's suite (ECDHE-RSA-AES256-GCM-SHA384) needs an RSA key; with the
+    The guide's suite (ECDHE-RSA-AES256-GCM-SHA384) needs an RSA key; with the
     default EC keys the equivalent is ECDHE-ECDSA-AES256-GCM-SHA384.
     """
     if settings.min_version != ssl.TLSVersion.TLSv1_2:

@@ -152,7 +152,7 @@ def build_intermediate(
     crl_url: str | None = None,
     rsa_bits: int = 2048,
 ) -> Issued:
-    """The seed's "global" CA. pathlen 0: it signs leaves only, never another CA.
+    """The guide's "global" CA. pathlen 0: it signs leaves only, never another CA.
 
     ``crl_url`` is where the *root's* CRL would be published; `pki init`
     publishes only the global's CRL and so leaves it out.

@@ -15,7 +15,6 @@ import datetime
 import importlib.metadata
 import json
 import os
-import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -25,6 +24,8 @@ from cryptography import x509
 
 from mtls.dn import format_dn
 from mtls.envconfig import password_line
+from mtls.errors import PolicyError
+from mtls.policy import compile_dn_policy
 from pki import authority, csr, demo, directory, lifecycle, listing, store, verify
 from pki import inspect as inspect_
 from pki.errors import (
@@ -168,12 +169,10 @@ def _verify(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> in
         raise UsageError("verify needs --dir DIR or --ca ROOT.crt to know what to trust")
     if args.hostname and args.purpose != "server":
         raise UsageError("--hostname is checked for --purpose server only")
-    try:
-        policy = re.compile(args.policy) if args.policy is not None else None
-    except re.error as exc:
-        raise UsageError(
-            f"--policy {args.policy!r} is not a valid regular expression: {exc}"
-        ) from None
+    try:  # the servers' own rule for DN policies (mtls.policy)
+        policy = compile_dn_policy(args.policy, setting="--policy") if args.policy else None
+    except PolicyError as exc:
+        raise UsageError(str(exc)) from None
     certs = store.load_certs(args.cert)
     roots = store.load_certs(args.ca or args.dir / "root.crt", fix="pass --ca ROOT.crt")
     untrusted = [*certs[1:]]

@@ -1,4 +1,4 @@
-"""The demo PKI of the SPEC: our CA, the services' certificates, and one rogue.
+"""The demo PKI: our CA, the two services' certificates, a denied caller, and one rogue.
 
 `make demo` runs this on every start, so a complete set is kept as it is
 (a second run costs a few file reads) unless a certificate in it has expired
@@ -55,7 +55,7 @@ LEAVES: tuple[tuple[LeafRequest, str], ...] = (
             dns=("homepage.internal", "localhost"),
             ips=_LOOPBACK,
         ),
-        "the Home Page's server AND client certificate (the seed reuses it)",
+        "the Home Page's server AND client certificate (the guide reuses it)",
     ),
     (
         LeafRequest("eventservice", "client", cn="eventservice.internal", ou="Services"),

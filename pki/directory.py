@@ -3,7 +3,7 @@
 Each command is a ``plan_*`` function that reads and checks everything it
 needs, builds every object in memory and returns a `Plan` of files to write.
 Nothing here writes; `Plan.commit()` does, once the whole plan exists. The
-file names are the seed's: root.crt/key, global.crt/key, crl.pem, and
+file names are the guide's: root.crt/key, global.crt/key, crl.pem, and
 NAME.key, NAME.crt, NAME-chain.crt (leaf + global, never the root), NAME.p12.
 """
 
@@ -113,7 +113,7 @@ class CaRequest:
     """What `pki init` makes. The CAs are called "CN Root CA" and "CN Global CA", O=org.
 
     ``cn`` defaults to ``org``, so ``--org Acme`` gives "Acme Root CA" and the
-    default stays the seed's "Example Root CA". ``valid`` (or ``days``) is
+    default stays the guide's "Example Root CA". ``valid`` (or ``days``) is
     the global CA's lifetime; the root lives 10 years, or as long as the
     global if that is longer, so the global never outlives it.
     """

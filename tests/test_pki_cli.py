@@ -553,7 +553,7 @@ def test_verify_refuses_when_the_crl_is_out_of_date(run: Run, ca: Path, tmp_path
     [
         ([], r"verify needs --dir DIR or --ca ROOT\.crt"),
         (["--ca", "/nonexistent/root.crt"], r"/nonexistent/root\.crt does not exist"),
-        (["--dir", ".", "--policy", "CN=(", "--ca", "x"], r"--policy 'CN=\(' is not a valid regul"),
+        (["--dir", ".", "--policy", "CN=(", "--ca", "x"], r"--policy='CN=\(' is not a valid regul"),
         (["--ca", "x", "--hostname", "h"], r"--hostname is checked for --purpose server only"),
         (["--ca", "x", "--purpose", "both"], r"argument --purpose: invalid choice: 'both'"),
     ],

@@ -87,5 +87,5 @@ def _json_error(exc: HTTPException, message: str | None) -> Response:
 
 
 def _json_response(payload: dict[str, Any], status: int) -> Response:
-    """Error bodies in one style, the SPEC's (``{"message": ...}``, std separators)."""
+    """Error bodies in one style: ``{"message": ...}`` with json's standard separators."""
     return Response(json.dumps(payload), status, mimetype="application/json")
