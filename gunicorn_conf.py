@@ -42,3 +42,6 @@ on_starting = hooks.on_starting
 when_ready = hooks.when_ready
 pre_fork = hooks.pre_fork
 on_reload = hooks.on_reload
+post_fork = hooks.post_fork
+child_exit = hooks.child_exit
+on_exit = hooks.on_exit

@@ -19,7 +19,7 @@ from flask import Flask, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response
 
-from homepage import internal, page
+from homepage import health, internal, page
 from homepage.settings import HomePageSettings
 from homepage.upstream import UpstreamFailure, UserServiceClient
 from mtls.errors import CertificateFileError
@@ -52,6 +52,7 @@ def create_app(settings: HomePageSettings | None = None) -> Flask:
 
     app.register_blueprint(page.make_blueprint(userservice))
     app.register_blueprint(internal.make_blueprint(settings, userservice))
+    app.register_blueprint(health.make_blueprint())
     _register_error_handlers(app)
     app.after_request(_add_security_headers)
 

@@ -1,29 +1,45 @@
 """gunicorn server hooks: build the TLS state in the master, hand it to each worker.
 
 gunicorn_conf.py assigns these; they are the only glue between gunicorn's
-process model and mtls.context. The state is built before the first fork
+process model and mtls.serverstate. The state is built before the first fork
 (one session-ticket key for all workers) and rebuilt on SIGHUP or when the
 files change; a state that does not validate never replaces a good one.
 
 Nothing raised while loading may reach gunicorn's arbiter: there it is
 "Unhandled exception in main loop" and the master exits with its workers.
 A reload that fails for any reason keeps the state in use and says why.
+
+With MTLS_METRICS_BIND set, the master also serves /metrics and /healthz
+(mtls.metricsserver) and the workers count into a fresh multiprocess
+directory. The watcher thread warns before the cliff: the server
+certificate or the CRL running out (mtls.health), at start-up, when the
+status changes and hourly while it lasts.
 """
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
 import signal
 import threading
+import time
 from typing import Any
 
+from mtls import metrics
 from mtls.errors import MtlsError
+from mtls.health import Status, assess
+from mtls.reloadstatus import ReloadStatus
 from mtls.serverstate import TlsState, files_fingerprint, load_tls_state
 from mtls.settings import ServerSettings
 from mtls.worker import MtlsWorker
 
 _STATE = "mtls_state"
+_RELOADS = "mtls_reloads"
+_METRICS = "mtls_metrics_server"
+_METRICS_DIR = "mtls_metrics_dir"
+# While the health is warn or fail, the watcher repeats its line this often.
+REMIND_EVERY = 3600.0
 # The packages whose loggers (policy denials, upstream failures, store errors)
 # belong in gunicorn's error log, with its format and destination.
 APP_LOGGERS = ("mtls", "userservice", "homepage")
@@ -57,35 +73,76 @@ def on_starting(server: Any) -> None:
         ) from None
     _log_state(server, state, "loaded")
     setattr(server, _STATE, state)
+    setattr(server, _RELOADS, ReloadStatus(time.time()))
+    bind = state.settings.metrics_bind
+    if bind is not None:
+        from mtls import metricsserver
+
+        setattr(server, _METRICS_DIR, metrics.start_multiprocess_dir())
+        try:
+            listener = metricsserver.serve(bind, lambda: _current(server))
+        except OSError as e:
+            raise RuntimeError(
+                f"MTLS_METRICS_BIND={bind[0]}:{bind[1]} cannot be bound ({e.strerror or e}); "
+                "pick a free port"
+            ) from None
+        setattr(server, _METRICS, listener)
+        server.log.info("mTLS metrics and health on http://%s:%d/metrics", *bind)
 
 
 def when_ready(server: Any) -> None:
     state: TlsState = getattr(server, _STATE)
-    interval = state.settings.reload_interval
-    if interval > 0:
-        watcher = threading.Thread(
-            target=_watch_files, args=(server, interval), name="mtls-file-watcher", daemon=True
-        )
-        watcher.start()
+    watcher = threading.Thread(
+        target=_watch,
+        args=(server, state.settings.reload_interval),
+        name="mtls-watcher",
+        daemon=True,
+    )
+    watcher.start()
 
 
 def pre_fork(server: Any, worker: Any) -> None:
     worker.tls_state = getattr(server, _STATE)
+    worker.reload_status = getattr(server, _RELOADS)
+
+
+def post_fork(server: Any, worker: Any) -> None:
+    """In the new worker: the master's metrics socket is not the worker's to hold."""
+    listener = getattr(server, _METRICS, None)
+    if listener is not None:
+        listener.socket.close()
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    metrics.worker_exited(worker.pid)
+
+
+def on_exit(server: Any) -> None:
+    directory = getattr(server, _METRICS_DIR, None)
+    if directory is not None:
+        metrics.remove_multiprocess_dir(directory)
+
+
+def _current(server: Any) -> tuple[TlsState, ReloadStatus]:
+    return getattr(server, _STATE), getattr(server, _RELOADS)
 
 
 def on_reload(server: Any) -> None:
     """SIGHUP (sent by the watcher, or by an operator): swap in a new state if it validates."""
     old: TlsState = getattr(server, _STATE)
+    reloads: ReloadStatus = getattr(server, _RELOADS)
     try:
         new = load_tls_state(ServerSettings.from_env(), previous=old)
     except MtlsError as e:
-        server.log.error(
-            "TLS reload refused, keeping the previous certificates: %s", _one_line(str(e))
-        )
+        message = _one_line(str(e))
+        reloads.failed(time.time(), message)
+        server.log.error("TLS reload refused, keeping the previous certificates: %s", message)
         return
-    except Exception:  # a bug, not a bad file: the traceback, and the server stays up
+    except Exception as e:  # a bug, not a bad file: the traceback, and the server stays up
+        reloads.failed(time.time(), f"unexpected {type(e).__name__}: {e}")
         server.log.exception("TLS reload failed unexpectedly, keeping the previous certificates")
         return
+    reloads.succeeded(time.time())
     if new.fingerprint == old.fingerprint and new.settings == old.settings:
         # Same files: keep the context, so outstanding session tickets stay valid.
         server.log.info("TLS files unchanged; keeping the current context")
@@ -127,21 +184,45 @@ def _log_state(server: Any, state: TlsState, verb: str) -> None:
         server.log.warning("mTLS: %s", warning)
 
 
-def _watch_files(server: Any, interval: float) -> None:
-    """Poll the files' inode/size/mtime; on a change, ask the master to reload.
+def _watch(server: Any, interval: float) -> None:
+    """The master's watcher thread: file changes -> reload; health -> warnings before the cliff.
 
-    Only os.stat runs here: validation and the new context are built by the
-    master's own thread in on_reload, so no OpenSSL lock is ever held by this
-    thread when the master forks. The thread never ends on an exception: a
-    watcher that died would leave rotations unnoticed without a word.
+    Only os.stat and pure checks run here: validation and the new context
+    are built by the master's own thread in on_reload, so no OpenSSL lock
+    is ever held by this thread when the master forks. It never ends on an
+    exception (a watcher that died would leave rotations unnoticed without
+    a word), and ends with the master (a daemon thread).
     """
-    stop = threading.Event()
     last = files_fingerprint(getattr(server, _STATE).settings)
-    while not stop.wait(interval):
+    reported: tuple[Status, tuple[str, ...]] = ("ok", ())
+    reminded = 0.0
+    while True:
         try:
-            current = files_fingerprint(getattr(server, _STATE).settings)
-            if current != last:
-                last = current
-                os.kill(os.getpid(), signal.SIGHUP)
+            if interval > 0:
+                current = files_fingerprint(getattr(server, _STATE).settings)
+                if current != last:
+                    last = current
+                    os.kill(os.getpid(), signal.SIGHUP)
+            health = assess(*_snapshot(server), datetime.datetime.now(datetime.UTC))
+            now = time.monotonic()
+            if (health.status, health.problems) != reported or (
+                health.status != "ok" and now - reminded >= REMIND_EVERY
+            ):
+                _log_health(server, health.status, health.problems)
+                reported, reminded = (health.status, health.problems), now
         except Exception:
-            server.log.exception("mTLS file watcher: checking the files failed; still watching")
+            server.log.exception("mTLS watcher: a check failed; still watching")
+        time.sleep(interval if interval > 0 else 10.0)
+
+
+def _snapshot(server: Any) -> tuple[TlsState, Any]:
+    state, reloads = _current(server)
+    return state, reloads.snapshot()
+
+
+def _log_health(server: Any, status: Status, problems: tuple[str, ...]) -> None:
+    if status == "ok":
+        server.log.info("mTLS health: ok")
+        return
+    log = server.log.error if status == "fail" else server.log.warning
+    log("mTLS health %s: %s", status, "; ".join(problems))

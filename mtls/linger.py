@@ -6,6 +6,11 @@ close into a RST that can destroy the response it has not read yet. gunicorn
 drains inline for up to 2 s in the thread that closes; here the main thread
 runs every handshake, so the drain is a poller callback bounded in time and
 bytes, and a peer that never closes costs nothing but one descriptor.
+
+A refused TLS handshake closes the same way: under TLS 1.3 a client writes
+its request before it learns that its certificate was refused, and a plain
+close would answer those bytes with a RST that destroys our alert; the
+client would see "connection reset" instead of "certificate required".
 """
 
 from __future__ import annotations
@@ -22,6 +27,9 @@ from gunicorn import util
 
 LINGER_SECONDS = 2.0
 LINGER_BYTES = 64 * 1024
+# Sockets drained at once; past it the oldest is closed outright, so a flood
+# of refused connections cannot pin descriptors for LINGER_SECONDS each.
+LINGER_MAX = 1024
 
 
 class Lingerer:
@@ -38,6 +46,8 @@ class Lingerer:
         return len(self._draining)
 
     def close_gracefully(self, sock: socket.socket) -> None:
+        if len(self._draining) >= LINGER_MAX:
+            self._end(next(iter(self._draining)))
         try:
             sock.shutdown(socket.SHUT_WR)
             sock.setblocking(False)

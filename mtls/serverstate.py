@@ -28,7 +28,9 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from mtls.dn import format_dn
 from mtls.errors import CertificateFileError
+from mtls.failures import Refusal
 from mtls.privatefile import private_file
 from mtls.revocation import CrlInfo, crl_info, refuse_older_crls
 from mtls.settings import ServerSettings
@@ -54,10 +56,17 @@ class TlsState:
     # Per CRL loaded: its issuer, number and thisUpdate, so that a reload can
     # refuse a CRL older than the one in use (mtls.revocation.refuse_older_crls).
     crls: tuple[CrlInfo, ...] = field(default=())
+    # The CRL that runs out first: its thisUpdate, for /healthz's "a quarter
+    # of its lifetime left" (mtls.health).
+    crl_last_update: datetime.datetime | None = None
+    # CA names of our chain and bundle: a client whose leaf names one of them
+    # but who sent no intermediate sent an incomplete chain (mtls.failures).
+    known_issuers: frozenset[x509.Name] = field(default=frozenset())
+    subject_dn: str = ""
 
     def refuse_peer(
         self, cert: x509.Certificate, now: datetime.datetime, *, what: str
-    ) -> str | None:
+    ) -> Refusal | None:
         """Why a peer verified earlier must now be refused, or None.
 
         Used where OpenSSL does not verify again: a resumed handshake (it
@@ -66,14 +75,15 @@ class TlsState:
         situation in the reason ("resumed session", "kept-alive connection").
         """
         if now > cert.not_valid_after_utc:
-            return f"{what} for a certificate that expired on {day(cert.not_valid_after_utc)}"
+            expired = day(cert.not_valid_after_utc)
+            return Refusal("expired", f"{what} for a certificate that expired on {expired}")
         if cert.serial_number in self.revoked_serials:
-            return f"{what} for a revoked certificate"
+            return Refusal("revoked", f"{what} for a revoked certificate")
         stale = stale_crl(self.crl_next_update, now) if self.crl_next_update else None
         if stale is not None:
             # OpenSSL refuses every full handshake once the CRL is stale
             # (fail closed); an earlier verification must not be the way around it.
-            return f"{what}, but {stale}"
+            return Refusal("crl_stale", f"{what}, but {stale}")
         return None
 
 
@@ -96,13 +106,20 @@ def load_tls_state(
     if previous is not None and settings.crlfile is not None:
         _refuse(refuse_older_crls(settings.crlfile, previous.crls, crls), settings)
     context = build_server_context(settings, checked)
-    next_updates = [c.next_update_utc for c in checked.crls if c.next_update_utc]
+    soonest = min(
+        (c for c in checked.crls if c.next_update_utc),
+        key=lambda c: c.next_update_utc,  # type: ignore[arg-type, return-value]
+        default=None,
+    )
     return TlsState(
         settings=settings,
         context=context,
         leaf=checked.chain[0],
         revoked_serials=frozenset(r.serial_number for c in checked.crls for r in c),
-        crl_next_update=min(next_updates, default=None),
+        crl_next_update=soonest.next_update_utc if soonest is not None else None,
+        crl_last_update=soonest.last_update_utc if soonest is not None else None,
+        known_issuers=frozenset(c.subject for c in [*checked.chain[1:], *checked.bundle]),
+        subject_dn=format_dn(checked.chain[0].subject),
         fingerprint=digest,
         warnings=tuple(checked.warnings),
         crls=crls,

@@ -54,6 +54,14 @@ def _networks(var: str, raw: str) -> tuple[IPNetwork, ...]:
     return tuple(networks)
 
 
+def _host_port(var: str, raw: str) -> tuple[str, int]:
+    host, sep, port = raw.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise Invalid(f"{var}={raw!r} is not HOST:PORT, e.g. 127.0.0.1:9109")
+    return host, int(port)
+
+
 @dataclass(frozen=True)
 class ServerSettings:
     """What the mTLS listener needs: each setting declared once (mtls.envconfig).
@@ -121,6 +129,13 @@ class ServerSettings:
         seconds(1.0, 86400.0),
         600.0,
         "seconds; the first response after this says Connection: close",
+    )
+
+    metrics_bind: tuple[str, int] | None = env(
+        "MTLS_METRICS_BIND",
+        _host_port,
+        None,
+        "plain-HTTP /metrics and /healthz listener, e.g. 127.0.0.1:9109 (unset: off)",
     )
 
     @classmethod

@@ -28,6 +28,8 @@ Option by option, server (listener) / client (session), and why:
 - ALPN: http/1.1 / left to urllib3 (it offers http/1.1): the worker speaks
   HTTP/1.1 only, so a client offering h2 must not get it.
 - SNI: read by a callback for SSL_TLS_SNI / sent (the hostname).
+- the peer's Certificate message: kept by a message callback for the
+  refusal's diagnosis (mtls.failures) / not kept.
 """
 
 from __future__ import annotations
@@ -55,6 +57,13 @@ def new_server_context(settings: ServerSettings) -> ssl.SSLContext:
         ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
     ctx.set_alpn_protocols(["http/1.1"])
     ctx.sni_callback = _remember_sni
+    # Diagnostics only: keep the client's Certificate message, so a refused
+    # handshake can say whose certificate it was and whether only its
+    # intermediate was missing (OpenSSL reports both as "unknown issuer").
+    # CPython's _msg_callback is a debugging hook; without it the reasons
+    # are less precise, never wrong.
+    if hasattr(ctx, "_msg_callback"):
+        ctx._msg_callback = _keep_peer_certificates
     return ctx
 
 
@@ -67,6 +76,16 @@ def new_client_context() -> ssl.SSLContext:
     ctx.verify_flags |= ssl.VERIFY_X509_STRICT
     ctx.options |= ssl.OP_NO_RENEGOTIATION | ssl.OP_NO_COMPRESSION
     return ctx
+
+
+_CERTIFICATE = 11  # HandshakeType certificate (RFC 8446 4)
+
+
+def _keep_peer_certificates(
+    conn: Any, direction: str, version: Any, content_type: Any, msg_type: Any, data: bytes
+) -> None:
+    if msg_type == _CERTIFICATE and direction == "read":
+        conn.mtls_peer_certificates = (data, version == ssl.TLSVersion.TLSv1_3)
 
 
 def _remember_sni(sslobj: Any, name: str | None, _ctx: ssl.SSLContext) -> None:

@@ -39,10 +39,13 @@ from gunicorn.workers.gthread import STOP_KEEPALIVE_LINGER, ThreadWorker
 
 from mtls.admission import WaitingSet
 from mtls.errors import ConfigError
-from mtls.failures import describe_handshake_error
+from mtls.failures import Refusal, describe_handshake_error, parse_certificate_message
+from mtls.health import RELOADS_ENVIRON_KEY, STATE_ENVIRON_KEY
 from mtls.identity import PEER_ENVIRON_KEY, PeerIdentity, build_tls_environ, peer_from_der
 from mtls.linger import Lingerer
+from mtls.metrics import NO_METRICS, Metrics, worker_metrics
 from mtls.proxyphase import ProxyHeaderReader, Refuse, Step, Wait, refuse_unexpected_header
+from mtls.reloadstatus import ReloadStatus
 from mtls.requesthead import head_limit, ready_for_thread
 from mtls.serverconn import BoundedSSLSocket, MtlsConn, format_addr
 from mtls.serverstate import TlsState
@@ -75,6 +78,9 @@ class MtlsWorker(ThreadWorker):  # type: ignore[misc]
         self.busy = 0
         self._stopping_since: float | None = None
         self.lingerer = Lingerer(lambda: self.poller)
+        self.metrics: Metrics = NO_METRICS
+        # Handed over with the state (pre_fork): the master's last reload, for /healthz.
+        self.reload_status: ReloadStatus | None = None
 
     @property
     def state(self) -> TlsState:
@@ -95,6 +101,7 @@ class MtlsWorker(ThreadWorker):  # type: ignore[misc]
         self.idle.limit = self.worker_connections
         self._head_limit = head_limit(self.cfg)
         _raise_fd_limit()
+        self.metrics = worker_metrics()  # after the fork: prometheus_client files are per process
         super().init_process()
 
     def load_wsgi(self) -> None:
@@ -103,11 +110,15 @@ class MtlsWorker(ThreadWorker):  # type: ignore[misc]
 
     def _with_identity(self, app: WSGIApp) -> WSGIApp:
         local = self._local
+        state, reloads = self.state, self.reload_status
 
         def mtls_identity(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
             conn: MtlsConn = local.conn
             environ.update(conn.tls_environ)
             environ[PEER_ENVIRON_KEY] = conn.peer
+            # For the app's /healthz (mtls.health.from_environ).
+            environ[STATE_ENVIRON_KEY] = state
+            environ[RELOADS_ENVIRON_KEY] = reloads
             return app(environ, start_response)
 
         return mtls_identity
@@ -146,14 +157,15 @@ class MtlsWorker(ThreadWorker):  # type: ignore[misc]
                 return
             raise
         settings = self.state.settings
-        self.nr_conns += 1
+        self._held(+1)
         conn = MtlsConn(self.cfg, sock, addr, listener.getsockname())
         conn.linger = self.lingerer
         conn.deadline = conn.accepted_at + settings.handshake_timeout
         dropped = self.handshaking.add(conn)
         if dropped is not None:
             limit = settings.max_handshakes
-            self._refuse(dropped, f"dropped: {limit} handshakes in progress (MTLS_MAX_HANDSHAKES)")
+            why = f"dropped: {limit} handshakes in progress (MTLS_MAX_HANDSHAKES)"
+            self._refuse(dropped, Refusal("other", why))
         mode = settings.proxy_protocol
         if mode != "off" and isinstance(addr, tuple):
             if settings.proxy_allowed(addr[0]):
@@ -180,14 +192,15 @@ class MtlsWorker(ThreadWorker):  # type: ignore[misc]
             elif conn.phase == "tls":
                 if conn.sock is conn.raw:
                     self._start_tls(conn)
-                self._step_handshake(conn)
+                if conn.heard_from or self._has_sent_something(conn):
+                    self._step_handshake(conn)
             elif conn.phase == "idle":
                 self._read_head(conn)
         except OSError as e:
-            self._refuse(conn, describe_handshake_error(e))
+            self._refuse(conn, self._diagnose(conn, e))
         except Exception as e:
             self.log.exception("unexpected error on the mTLS accept path")
-            self._refuse(conn, f"internal error ({type(e).__name__}); refused")
+            self._refuse(conn, Refusal("other", f"internal error ({type(e).__name__})"))
 
     # -- PROXY header (main thread) ------------------------------------------
 
@@ -204,7 +217,7 @@ class MtlsWorker(ThreadWorker):  # type: ignore[misc]
             return self._wait(conn, selectors.EVENT_READ)
         conn.heard_from = True
         if isinstance(step, Refuse):
-            return self._refuse(conn, step.reason)
+            return self._refuse(conn, Refusal("proxy_header", step.reason))
         if step.client is not None:
             conn.client = step.client
         self._start_tls(conn)
@@ -230,8 +243,30 @@ class MtlsWorker(ThreadWorker):  # type: ignore[misc]
             conn.heard_from = True
             return self._wait(conn, selectors.EVENT_WRITE)
         except (ssl.SSLError, OSError) as e:
-            return self._refuse(conn, describe_handshake_error(e))
+            return self._refuse(conn, self._diagnose(conn, e))
         self._identify(conn)
+
+    def _has_sent_something(self, conn: MtlsConn) -> bool:
+        """Before OpenSSL reads: a peer that connects and closes is a probe, not a refusal.
+
+        A load balancer's TCP check does exactly that, every few seconds; it is
+        counted as reason="probe" and logged at DEBUG. One peek per connection.
+        """
+        try:
+            peeked = socket.socket.recv(conn.sock, 1, socket.MSG_PEEK)
+        except BlockingIOError:
+            self._wait(conn, selectors.EVENT_READ)
+            return False
+        if not peeked:
+            self._refuse(conn, Refusal("probe", "connected and closed without a ClientHello"))
+            return False
+        conn.heard_from = True
+        return True
+
+    def _diagnose(self, conn: MtlsConn, error: BaseException) -> Refusal:
+        captured = getattr(conn.sock, "mtls_peer_certificates", None)
+        chain = parse_certificate_message(*captured) if captured else []
+        return describe_handshake_error(error, chain, self.state.known_issuers)
 
     # -- identify (main thread, once per connection) -------------------------
 
@@ -240,19 +275,22 @@ class MtlsWorker(ThreadWorker):  # type: ignore[misc]
         self.handshaking.discard(conn)
         sock = conn.sock
         if not isinstance(sock, BoundedSSLSocket):  # the context was not set up by init_process
-            return self._refuse(conn, "internal error: not a TLS socket of this worker")
+            return self._refuse(conn, Refusal("other", "internal error: not a worker TLS socket"))
         now = datetime.datetime.now(datetime.UTC)
         der = sock.getpeercert(binary_form=True)
         try:
             cert = peer_from_der(der) if der else None
         except ValueError as e:
             # OpenSSL verified it, but cryptography cannot parse it: fail closed.
-            return self._refuse(conn, f"client certificate unparseable ({e})")
+            return self._refuse(conn, Refusal("other", f"client certificate unparseable ({e})"))
         resumed = bool(sock.session_reused)
         if resumed and cert is not None:
             refusal = self.state.refuse_peer(cert, now, what="resumed session")
             if refusal:
                 return self._refuse(conn, refusal)
+        self.metrics.handshake("accepted", "none", time.monotonic() - conn.accepted_at)
+        if resumed:
+            self.metrics.resumed()
         cipher = sock.cipher()
         conn.tls_environ = build_tls_environ(
             protocol=sock.version() or "",
@@ -343,7 +381,11 @@ class MtlsWorker(ThreadWorker):  # type: ignore[misc]
                 self.poller.unregister(conn.sock)
             conn.registered = False
 
-    def _refuse(self, conn: MtlsConn, reason: str) -> None:
+    def _held(self, delta: int) -> None:
+        self.nr_conns += delta
+        self.metrics.connections(delta)
+
+    def _refuse(self, conn: MtlsConn, refusal: Refusal) -> None:
         if conn.phase in ("busy", "closed"):
             return  # in a pool thread, or already closed
         self.handshaking.discard(conn)
@@ -351,12 +393,17 @@ class MtlsWorker(ThreadWorker):  # type: ignore[misc]
         self._unregister(conn)
         # Before the handshake completes it is a refused handshake; after it,
         # a closed connection (a re-check or a head that never came whole).
-        what = "connection closed" if conn.phase == "idle" else "handshake refused"
+        handshake = conn.phase != "idle"
+        if handshake:
+            self.metrics.handshake("refused", refusal.reason)
+        # Our alert must reach a TLS 1.3 client that already wrote (mtls.linger).
+        alerted = conn.phase == "tls" and refusal.reason not in ("probe", "timeout")
         conn.phase = "closed"
-        self.nr_conns -= 1
+        self._held(-1)
+        what = "handshake refused" if handshake else "connection closed"
         peer = format_addr(conn.raw, conn.client)
-        self.log.info("mTLS %s: peer=%s reason=%s", what, peer, reason)
-        conn.close()
+        self.log.log(refusal.level, "mTLS %s: peer=%s reason=%s", what, peer, refusal)
+        conn.close(graceful=alerted)
 
     def _close_idle(self, conn: MtlsConn) -> None:
         if conn.phase == "closed":
@@ -364,12 +411,12 @@ class MtlsWorker(ThreadWorker):  # type: ignore[misc]
         self.idle.discard(conn)
         self._unregister(conn)
         conn.phase = "closed"
-        self.nr_conns -= 1
+        self._held(-1)
         conn.close()
 
     def _drop_idle(self, conn: MtlsConn) -> None:
         if conn.head:
-            self._refuse(conn, "dropped inside its request: too many idle connections")
+            self._refuse(conn, Refusal("other", "dropped mid-request: too many idle connections"))
         else:
             self._close_idle(conn)
 
@@ -386,7 +433,7 @@ class MtlsWorker(ThreadWorker):  # type: ignore[misc]
             )
         victim = self.handshaking.victim() or self.idle.victim()
         if victim is not None and victim in self.handshaking:
-            self._refuse(victim, "dropped: out of file descriptors")
+            self._refuse(victim, Refusal("other", "dropped: out of file descriptors"))
         elif victim is not None:
             self._drop_idle(victim)
 
@@ -398,7 +445,7 @@ class MtlsWorker(ThreadWorker):  # type: ignore[misc]
         for conn in self.handshaking.expired(now):
             what = "PROXY header" if conn.phase == "proxy" else "TLS handshake"
             timeout = settings.handshake_timeout
-            self._refuse(conn, f"timeout ({what} not completed within {timeout:g}s)")
+            self._refuse(conn, Refusal("timeout", f"{what} not completed within {timeout:g}s"))
         if not self.alive and self._stopping_since is None:
             self._stopping_since = now
         # Deadlines differ (keep-alive wait vs. head in progress): scan them all.
@@ -411,7 +458,8 @@ class MtlsWorker(ThreadWorker):  # type: ignore[misc]
                 continue
             if conn.head:
                 timeout = settings.request_timeout
-                self._refuse(conn, f"timeout (request not complete within {timeout:g}s)")
+                why = f"request not complete within {timeout:g}s"
+                self._refuse(conn, Refusal("timeout", why))
             else:
                 self._close_idle(conn)
         self.lingerer.expire(now)
@@ -443,7 +491,7 @@ class MtlsWorker(ThreadWorker):  # type: ignore[misc]
                 self._close_idle(conn)
             return
         conn.phase = "closed"
-        self.nr_conns -= 1
+        self._held(-1)
         conn.close(graceful=keep)
 
     # -- request path (pool thread) -------------------------------------------

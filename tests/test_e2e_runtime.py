@@ -111,8 +111,8 @@ def test_server_sends_close_notify_before_closing(echo: Server, demo_pki: Path) 
 @pytest.mark.parametrize(
     ("client", "reason"),
     [
-        (None, "no client certificate"),
-        ("rogue", "unknown CA"),
+        (None, "no_cert (no client certificate)"),
+        ("rogue", "unknown_ca ('CN=homepage.internal,OU=Services,O=Example' is issued by"),
     ],
 )
 def test_refused_handshakes_are_logged_once_with_peer_and_reason(
@@ -132,7 +132,7 @@ def test_plaintext_http_gets_no_http_answer_and_is_logged(echo: Server) -> None:
         except ConnectionResetError:
             answer = b""
     assert not answer.startswith(b"HTTP/")
-    echo.wait_for_log("reason=plaintext HTTP on the TLS port")
+    echo.wait_for_log("reason=plaintext (plaintext HTTP on the TLS port)")
 
 
 def test_tls_1_1_is_refused(echo: Server) -> None:
@@ -147,7 +147,7 @@ def test_tls_1_1_is_refused(echo: Server) -> None:
     )
     assert proc.returncode != 0
     assert "Protocol  version: TLSv1.1" not in proc.stdout + proc.stderr
-    echo.wait_for_log("reason=wrong version")
+    echo.wait_for_log("reason=bad_version")
 
 
 def test_renegotiation_is_refused(echo: Server, demo_pki: Path) -> None:
@@ -262,7 +262,7 @@ def test_revoked_client_is_refused_once_the_crl_lists_it(demo_pki: Path, tmp_pat
     with running(ECHO, env, tmp_path / "crl.log", client_context(pki, "homepage")) as server:
         with pytest.raises((ssl.SSLError, ConnectionResetError)):
             get(server, client_context(pki, "eventservice"))
-        server.wait_for_log("reason=client certificate revoked")
+        server.wait_for_log("reason=revoked (")
         environ, _ = get(server, client_context(pki, "homepage"))
         assert environ["SSL_CLIENT_S_DN_CN"] == "homepage.internal"
 
@@ -493,7 +493,7 @@ def test_revoking_a_client_also_ends_its_resumable_sessions(demo_pki: Path, tmp_
             except (ssl.SSLError, ConnectionResetError):
                 refused = True
         assert refused
-        server.wait_for_log("reason=client certificate revoked")
+        server.wait_for_log("reason=revoked (")
 
 
 def test_clients_that_reset_before_the_handshake_cannot_kill_a_worker(

@@ -13,8 +13,9 @@ import ssl
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 
-from mtls.failures import describe_handshake_error
+from mtls.failures import describe_handshake_error, parse_certificate_message
 from mtls.serverstate import build_server_context
 from mtls.settings import ServerSettings
 from pki import authority
@@ -25,6 +26,14 @@ from tests.servers import client_context, server_env
 
 def server_side_error(server: ssl.SSLContext, client: ssl.SSLContext) -> BaseException | None:
     """Run the handshake to its end; return what the server raised, if anything."""
+    error, _ = server_side(server, client)
+    return error
+
+
+def server_side(
+    server: ssl.SSLContext, client: ssl.SSLContext
+) -> tuple[BaseException | None, list[x509.Certificate]]:
+    """The server's error, and the client chain its message callback captured (mtls.tls)."""
     s_in, s_out, c_in, c_out = (ssl.MemoryBIO() for _ in range(4))
     srv = server.wrap_bio(s_in, s_out, server_side=True)
     cli = client.wrap_bio(c_in, c_out, server_hostname="localhost")
@@ -48,11 +57,16 @@ def server_side_error(server: ssl.SSLContext, client: ssl.SSLContext) -> BaseExc
             except ssl.SSLWantReadError:
                 pass
             except ssl.SSLError as e:
-                return e
+                return e, _captured(srv)
         c_in.write(s_out.read())
         if server_done and client_done:
             break
-    return None
+    return None, _captured(srv)
+
+
+def _captured(srv: ssl.SSLObject) -> list[x509.Certificate]:
+    captured = getattr(srv, "mtls_peer_certificates", None)
+    return parse_certificate_message(*captured) if captured else []
 
 
 def server(pki: Path, **extra: str) -> ssl.SSLContext:
@@ -66,15 +80,39 @@ def test_a_valid_client_is_not_refused(demo_pki: Path) -> None:
 @pytest.mark.parametrize(
     ("client", "phrase"),
     [
-        (None, "no client certificate"),
-        ("rogue", "unknown CA (issuer not in the trust bundle)"),
-        ("userservice", "bad purpose (client certificate lacks clientAuth)"),
+        (None, "no_cert (no client certificate)"),
+        (
+            "rogue",
+            "unknown_ca ('CN=homepage.internal,OU=Services,O=Example' is issued by "
+            "'CN=Rogue Root CA,O=Example', which is not in the trust bundle)",
+        ),
+        ("userservice", "bad_purpose (client certificate lacks clientAuth)"),
     ],
 )
 def test_refusals_are_named(demo_pki: Path, client: str | None, phrase: str) -> None:
-    error = server_side_error(server(demo_pki), client_context(demo_pki, client))
+    ctx = server(demo_pki)
+    error, chain = server_side(ctx, client_context(demo_pki, client))
     assert error is not None
-    assert describe_handshake_error(error) == phrase
+    assert str(describe_handshake_error(error, chain, _known(demo_pki))) == phrase
+
+
+def _known(pki: Path) -> frozenset[x509.Name]:
+    return frozenset(load_issued(pki, n).cert.subject for n in ("root", "global"))
+
+
+@pytest.mark.parametrize("maximum", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+def test_a_client_that_sent_its_leaf_without_the_intermediate_is_told_so(
+    demo_pki: Path, maximum: ssl.TLSVersion
+) -> None:
+    """OpenSSL says "unable to get local issuer" for this and for a foreign CA alike."""
+    client = client_context(demo_pki, None, maximum=maximum)
+    client.load_cert_chain(str(demo_pki / "homepage.crt"), str(demo_pki / "homepage.key"))
+    error, chain = server_side(server(demo_pki), client)
+    assert error is not None
+    refusal = describe_handshake_error(error, chain, _known(demo_pki))
+    assert refusal.reason == "chain_incomplete"
+    assert "sent 'CN=homepage.internal,OU=Services,O=Example' without its issuer" in str(refusal)
+    assert describe_handshake_error(error).reason == "unknown_ca"  # nothing captured: still right
 
 
 def test_an_expired_client_certificate_is_named(demo_pki: Path, tmp_path: Path) -> None:
@@ -88,7 +126,7 @@ def test_an_expired_client_certificate_is_named(demo_pki: Path, tmp_path: Path) 
     client.load_cert_chain(str(chain), str(key))
     error = server_side_error(server(demo_pki), client)
     assert error is not None
-    assert describe_handshake_error(error) == "client certificate expired"
+    assert str(describe_handshake_error(error)) == "expired (client certificate expired)"
 
 
 def test_a_revoked_client_certificate_is_named(demo_pki: Path, tmp_path: Path) -> None:
@@ -99,14 +137,14 @@ def test_a_revoked_client_certificate_is_named(demo_pki: Path, tmp_path: Path) -
         server(pki, MTLS_CRLFILE=str(pki / "crl.pem")), client_context(pki, "homepage")
     )
     assert error is not None
-    assert describe_handshake_error(error) == "client certificate revoked"
+    assert str(describe_handshake_error(error)) == "revoked (client certificate revoked)"
 
 
 def test_a_client_capped_below_the_minimum_version_is_named(demo_pki: Path) -> None:
     client = client_context(demo_pki, "homepage", maximum=ssl.TLSVersion.TLSv1_2)
     error = server_side_error(server(demo_pki, MTLS_MIN_VERSION="TLSv1.3"), client)
     assert error is not None
-    assert describe_handshake_error(error).startswith("wrong version")
+    assert describe_handshake_error(error).reason == "bad_version"
 
 
 def test_plain_http_is_named(demo_pki: Path) -> None:
@@ -115,12 +153,32 @@ def test_plain_http_is_named(demo_pki: Path) -> None:
     s_in.write(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
     with pytest.raises(ssl.SSLError) as e:
         srv.do_handshake()
-    assert describe_handshake_error(e.value) == "plaintext HTTP on the TLS port"
+    assert str(describe_handshake_error(e.value)) == "plaintext (plaintext HTTP on the TLS port)"
 
 
 def test_non_tls_errors_still_get_a_phrase() -> None:
-    assert describe_handshake_error(ConnectionResetError()) == (
-        "the client reset the connection during the handshake"
+    assert str(describe_handshake_error(ConnectionResetError())) == (
+        "other (the client reset the connection mid-handshake)"
     )
-    assert describe_handshake_error(TimeoutError()) == "timeout"
-    assert describe_handshake_error(ValueError("odd")) == "unexpected error (ValueError: odd)"
+    assert describe_handshake_error(TimeoutError()).reason == "timeout"
+    assert str(describe_handshake_error(ValueError("odd"))) == (
+        "other (unexpected error (ValueError: odd))"
+    )
+
+
+def test_a_client_refusing_our_expired_certificate_is_named_as_such(
+    demo_pki: Path, tmp_path: Path
+) -> None:
+    past = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=10)
+    leaf = authority.build_leaf(
+        load_issued(demo_pki, "global"), name=authority.make_name("localhost"),
+        profile="server", now=past, days=2, dns=["localhost"],
+    )  # fmt: skip
+    chain, key = write_issued(tmp_path, "old", leaf)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)  # ours refuses to start with it, rightly
+    ctx.load_cert_chain(str(chain), str(key))
+    error = server_side_error(ctx, client_context(demo_pki, "homepage"))
+    assert error is not None
+    assert "the client refused our certificate: it has expired" in str(
+        describe_handshake_error(error)
+    )

@@ -429,6 +429,6 @@ def test_many_short_connections_leave_no_fd_behind(lone_worker: LoneWorker, demo
     )
     print(f"reconnect soak of {lone_worker.path}: {counts}")
     assert tried > 0, counts
-    lone_worker.server.wait_for_log("reason=no client certificate")
+    lone_worker.server.wait_for_log("reason=no_cert (no client certificate)")
     assert abs(after - baseline) <= FD_SLACK, counts
     assert end.rss_kib - warm.rss_kib < RSS_GROWTH_BOUND_KIB, counts

@@ -295,11 +295,18 @@ def test_resumed_session_of_a_revoked_or_expired_peer_is_refused(
         )
     )
     revoked = state.refuse_peer(homepage, NOW, what="resumed session")
-    assert revoked == "resumed session for a revoked certificate"
+    assert revoked is not None
+    assert (revoked.reason, revoked.detail) == (
+        "revoked",
+        "resumed session for a revoked certificate",
+    )
     other = x509.load_pem_x509_certificate((pki / "eventservice.crt").read_bytes())
     assert state.refuse_peer(other, NOW, what="resumed session") is None
     later = other.not_valid_after_utc + datetime.timedelta(seconds=1)
-    assert state.refuse_peer(other, later, what="kept-alive connection") == (
+    expired = state.refuse_peer(other, later, what="kept-alive connection")
+    assert expired is not None
+    assert expired.reason == "expired"
+    assert expired.detail == (
         "kept-alive connection for a certificate that expired on "
         f"{other.not_valid_after_utc:%Y-%m-%d %H:%M:%S} UTC"
     )
@@ -367,7 +374,10 @@ def test_resumed_session_is_refused_once_the_crl_is_stale(demo_pki: Path) -> Non
     peer = x509.load_pem_x509_certificate((demo_pki / "eventservice.crt").read_bytes())
     assert state.refuse_peer(peer, state.crl_next_update, what="resumed session") is None
     stale = state.crl_next_update + datetime.timedelta(seconds=1)
-    assert state.refuse_peer(peer, stale, what="resumed session") == (
+    refusal = state.refuse_peer(peer, stale, what="resumed session")
+    assert refusal is not None
+    assert refusal.reason == "crl_stale"
+    assert refusal.detail == (
         f"resumed session, but the CRL is past its nextUpdate ({state.crl_next_update:%F %T} UTC), "
         "so every client is refused until it is re-signed; refresh it with `pki crl --dir DIR`"
     )

@@ -163,7 +163,8 @@ def test_whoami_shows_any_verified_caller_what_the_server_sees(
 
 def test_healthz_is_ok_without_any_certificate(app: flask.Flask) -> None:
     response = call(app, "GET", "/healthz", {})
-    assert (response.status_code, response.get_json()) == (200, {"status": "ok"})
+    # Not under the mTLS worker (Flask's test client): there is no TLS state to judge.
+    assert (response.status_code, response.get_json()) == (200, {"status": "ok", "database": "ok"})
 
 
 # --- refusals ---------------------------------------------------------------------------
@@ -262,7 +263,8 @@ def test_healthz_is_503_when_the_database_does_not_answer(
     response = call(app, "GET", "/healthz", {})
     assert response.status_code == 503
     assert response.get_json() == {
-        "status": "unavailable",
+        "status": "fail",
+        "database": "unavailable",
         "message": "The database does not answer.",
     }
 

@@ -1,15 +1,19 @@
-"""``/healthz``: does this instance answer, and does its database?
+"""``/healthz``: does this instance answer, is its TLS state sound, and does its database?
 
 Public at the HTTP layer on purpose: a load balancer's probe carries no
 identity worth a DN rule, and on a ``MTLS_CLIENT_AUTH=required`` listener the
 probe has already passed the TLS handshake with a trusted certificate. It
-reveals nothing but "ok" or "unavailable".
+reveals the served certificate's serial and dates, the CRL's nextUpdate and
+the last reload (mtls.health), and whether the database answers.
 """
 
 from __future__ import annotations
 
-from flask import Blueprint
+from typing import Any
 
+from flask import Blueprint, request
+
+from mtls.health import combine, from_environ
 from mtls.policy import mark_public
 from userservice.store import UserStore
 
@@ -19,9 +23,10 @@ def make_blueprint(store: UserStore) -> Blueprint:
     mark_public(bp, reason="load balancer health check (the TLS layer already authenticates)")
 
     @bp.get("")
-    def healthz() -> tuple[dict[str, str], int]:
+    def healthz() -> tuple[dict[str, Any], int]:
         if store.healthy():
-            return {"status": "ok"}, 200
-        return {"status": "unavailable", "message": "The database does not answer."}, 503
+            return combine(from_environ(request.environ), True, {"database": "ok"})
+        own = {"database": "unavailable", "message": "The database does not answer."}
+        return combine(from_environ(request.environ), False, own)
 
     return bp

@@ -1,0 +1,69 @@
+"""The plain-HTTP listener on MTLS_METRICS_BIND: ``/metrics`` and ``/healthz``, no client cert.
+
+Load balancer and Kubernetes probes, and Prometheus, come here instead of
+the mTLS port: they need no certificate of their own, and their connections
+no longer show up as refused handshakes. It runs as a daemon thread of the
+gunicorn master, which knows the current state and the reloads; only
+127.0.0.1 (or an address the operator picks) should be bound, since it is
+unauthenticated (it exposes no user data, only what this page lists).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from mtls.health import assess
+from mtls.metrics import MasterFacts, exposition
+from mtls.reloadstatus import ReloadStatus
+from mtls.serverstate import TlsState
+
+Source = Callable[[], tuple[TlsState, ReloadStatus]]
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        path = self.path.split("?", 1)[0]
+        if path == "/metrics":
+            body, content_type = exposition(self.server.facts)
+            return self._send(200, body, content_type)
+        if path == "/healthz":
+            state, reloads = self.server.source()
+            health = assess(state, reloads.snapshot(), datetime.datetime.now(datetime.UTC))
+            body = json.dumps(health.body).encode()
+            return self._send(health.http_status, body, "application/json")
+        self._send(404, b'{"message": "Not found"}', "application/json")
+
+    def _send(self, status: int, body: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return None  # scrapes every few seconds would drown the error log
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], source: Source) -> None:
+        super().__init__(address, _Handler)
+        self.source = source
+        self.facts = MasterFacts(source)
+
+
+def serve(address: tuple[str, int], source: Source) -> _Server:
+    """Bind now (a taken port is a start-up error), serve from a daemon thread."""
+    server = _Server(address, source)
+    thread = threading.Thread(target=server.serve_forever, name="mtls-metrics", daemon=True)
+    thread.start()
+    return server
