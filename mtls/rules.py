@@ -115,7 +115,7 @@ class Rules:
     def failure(self, peer: PeerNames) -> str | None:
         """None when every given rule holds; else the first that fails, as a log phrase."""
         if self.dn and not any(p.fullmatch(peer.subject_dn) for p in self.dn):
-            return f"dn: subject {peer.subject_dn!r} matches none of {_patterns(self.dn)}"
+            return f"dn: the subject matches none of {_patterns(self.dn)}"
         if self.issuer_dn and not any(p.fullmatch(peer.issuer_dn) for p in self.issuer_dn):
             return (
                 f"issuer_dn: issuer {peer.issuer_dn!r} matches none of {_patterns(self.issuer_dn)}"

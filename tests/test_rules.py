@@ -87,8 +87,10 @@ def test_rule_table(rules: dict[str, Any], names: dict[str, Any], holds: bool, w
 def test_a_failure_names_the_rule_kind_and_the_values() -> None:
     rules = compile_rules(dn=".*", san_uri="spiffe://example.org/ns/*/sa/x", setting="TEST")
     failure = rules.failure(peer(san_uri=["spiffe://example.org/ns/a/b/sa/x"]))
-    assert failure is not None and failure.startswith("san_uri: ")
-    assert "spiffe://example.org/ns/a/b/sa/x" in failure and "ns/*/sa/x" in failure
+    assert failure is not None
+    assert failure.startswith("san_uri: ")
+    assert "spiffe://example.org/ns/a/b/sa/x" in failure
+    assert "ns/*/sa/x" in failure
 
 
 BAD_RULES: list[tuple[dict[str, Any], str]] = [
@@ -111,7 +113,7 @@ BAD_RULES: list[tuple[dict[str, Any], str]] = [
 def test_bad_rules_are_refused_at_compile_time_naming_the_setting(
     rules: dict[str, Any], message: str
 ) -> None:
-    with pytest.raises(PolicyError, match="^MY_SETTING: invalid identity rules") as info:
+    with pytest.raises(PolicyError, match=r"^MY_SETTING: invalid identity rules") as info:
         compile_rules(**rules, setting="MY_SETTING")
     assert message in str(info.value)
 
