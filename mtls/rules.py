@@ -37,9 +37,13 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Literal
 
+from cryptography import x509
+
 from mtls.errors import PolicyError
+from mtls.identity import build_tls_environ
 
 #: enforce: a failing rule is a 403. report: it is served, logged and counted (a dry run).
 Mode = Literal["enforce", "report"]
@@ -74,14 +78,26 @@ class PeerNames:
         subject = environ.get("SSL_CLIENT_S_DN")
         if not isinstance(subject, str) or not subject:
             return None
+        return cls._read(environ)
+
+    @classmethod
+    def _read(cls, environ: Mapping[str, Any]) -> PeerNames:
         return cls(
-            subject_dn=subject,
+            subject_dn=str(environ.get("SSL_CLIENT_S_DN", "")),
             issuer_dn=str(environ.get("SSL_CLIENT_I_DN", "")),
             cn=_numbered(environ, "SSL_CLIENT_S_DN_CN", first_plain=True),
             ou=_numbered(environ, "SSL_CLIENT_S_DN_OU", first_plain=True),
             san_dns=_numbered(environ, "SSL_CLIENT_SAN_DNS"),
             san_uri=_numbered(environ, "SSL_CLIENT_SAN_URI"),
         )
+
+
+def names_of_certificate(cert: x509.Certificate) -> PeerNames:
+    """A certificate's names exactly as the worker's environ would give them (one reading)."""
+    environ = build_tls_environ(
+        protocol="", cipher="", sni=None, resumed=False, peer=cert, now=datetime.now(UTC)
+    )
+    return PeerNames._read(environ)
 
 
 def _numbered(
