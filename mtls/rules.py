@@ -50,7 +50,7 @@ Mode = Literal["enforce", "report"]
 MODES: tuple[Mode, ...] = ("enforce", "report")
 
 _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"  # RFC 1035 2.3.1 (LDH), lower-cased
-_DNS_NAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})+")
+_DNS_NAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
 _TRUST_DOMAIN = re.compile(r"[a-z0-9._-]+")  # SPIFFE-ID.md 2.1
 _SEGMENT = re.compile(r"[A-Za-z0-9._-]+")  # SPIFFE-ID.md 2.2
 _SPIFFE = "spiffe://"
@@ -256,9 +256,12 @@ def _uri_text(rule: tuple[str, tuple[str, ...]]) -> str:
 
 
 def _valid_dns_rule(rule: str) -> bool:
+    """A name (``localhost`` too), or ``*.`` + a parent of two labels or more (not ``*.org``)."""
     name = rule.lower()
     if name.startswith("*."):
         name = name[2:]
+        if "." not in name:
+            return False
     return _DNS_NAME.fullmatch(name) is not None
 
 

@@ -53,6 +53,9 @@ CASES: list[tuple[dict[str, Any], dict[str, Any], bool, str]] = [
     ({"san_dns": "*.example.org"}, {"san_dns": ["api.example.org.evil"]}, False, "more"),
     ({"san_dns": "*.example.org"}, {"san_dns": ["x.org", "b.example.org"]}, True, "any SAN"),
     ({"san_dns": "a.example.org"}, {}, False, "no DNS SAN"),
+    ({"san_dns": "localhost"}, {"san_dns": ["localhost"]}, True, "one-label name"),
+    ({"san_dns": "*.example.org"}, {"san_dns": ["a_b.example.org"]}, False, "not LDH"),
+    ({"san_dns": "*.example.org"}, {"san_dns": ["-a.example.org"]}, False, "leading hyphen"),
     ({"san_uri": "spiffe://example.org/ns/a/sa/x"}, {"san_uri": ["spiffe://example.org/ns/a/sa/x"]}, True, "uri exact"),  # noqa: E501
     ({"san_uri": "spiffe://example.org/ns/*/sa/x"}, {"san_uri": ["spiffe://example.org/ns/a/sa/x"]}, True, "one segment"),  # noqa: E501
     ({"san_uri": "spiffe://example.org/ns/*/sa/x"}, {"san_uri": ["spiffe://example.org/ns/a/b/sa/x"]}, False, "never across /"),  # noqa: E501
@@ -95,6 +98,7 @@ def test_a_failure_names_the_rule_kind_and_the_values() -> None:
 
 BAD_RULES: list[tuple[dict[str, Any], str]] = [
     ({"san_dns": "*.org"}, "san_dns '*.org'"),
+    ({"san_dns": "*"}, "san_dns '*'"),
     ({"san_dns": "f*o.example.org"}, "partial-label"),
     ({"san_dns": "*.*.example.org"}, "san_dns '*.*.example.org'"),
     ({"san_dns": "api.example.org."}, "trailing dot"),
