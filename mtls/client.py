@@ -44,6 +44,7 @@ from mtls.connection import MtlsConnection
 from mtls.credentials import build_client_context
 from mtls.dn import format_dn
 from mtls.errors import UpstreamRedirectError
+from mtls.rules import Rules
 
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 #: Same-origin redirects followed per request (requests' default is 30).
@@ -60,6 +61,9 @@ class ClientSettings:
     ca_certs: the trust bundle, the private root only;
     key_password: for the encrypted key or the PKCS#12 file;
     server_dn: fullmatch on the server's subject DN (``mtls.identity.format_dn``);
+    server_rules: identity rules the server's certificate must satisfy, the
+      same as ``require_peer``'s (``mtls.rules.compile_rules``), checked
+      with ``server_dn`` after the handshake, before a request byte is sent;
     peer_name: how messages name the server ("the User Service").
     """
 
@@ -68,6 +72,7 @@ class ClientSettings:
     ca_certs: Path
     key_password: bytes | None = None
     server_dn: re.Pattern[str] | None = None
+    server_rules: Rules | None = None
     connect_timeout: float = 3.0
     read_timeout: float = 10.0
     peer_name: str = "the server"
@@ -222,6 +227,7 @@ class MtlsAdapter(HTTPAdapter):
         class _Connection(MtlsConnection):
             peer_name = settings.peer_name
             required_dn = settings.server_dn
+            required_rules = settings.server_rules
             client_dn = presented_dn
 
         class _Pool(HTTPSConnectionPool):

@@ -10,6 +10,7 @@ recognises the server refusing our certificate, which TLS 1.3 reports late.
 from __future__ import annotations
 
 import http.client
+import logging
 import re
 import ssl
 from typing import Any, ClassVar
@@ -19,6 +20,9 @@ from urllib3.connection import HTTPSConnection
 
 from mtls.dn import format_dn
 from mtls.errors import ClientCertificateRefusedError, UpstreamIdentityError
+from mtls.rules import Rules, names_of_certificate
+
+logger = logging.getLogger("mtls.client")
 
 # Alerts (OpenSSL reason names) a server sends when it rejects the client's
 # certificate. Not handshake_failure: that one also means "no shared cipher".
@@ -47,6 +51,7 @@ class MtlsConnection(HTTPSConnection):
 
     peer_name: ClassVar[str] = "the server"
     required_dn: ClassVar[re.Pattern[str] | None] = None
+    required_rules: ClassVar[Rules | None] = None
     client_dn: ClassVar[str] = ""
 
     tls_version = ""
@@ -71,7 +76,8 @@ class MtlsConnection(HTTPSConnection):
         if not isinstance(sock, ssl.SSLSocket):  # pragma: no cover - TLS-in-TLS proxies
             raise UpstreamIdentityError(f"{self.peer_name}: no TLS socket to check the DN on")
         der = sock.getpeercert(binary_form=True)
-        self.server_dn = format_dn(x509.load_der_x509_certificate(der).subject) if der else ""
+        cert = x509.load_der_x509_certificate(der) if der else None
+        self.server_dn = format_dn(cert.subject) if cert is not None else ""
         self.tls_version = sock.version() or ""
         cipher = sock.cipher()
         self.cipher_name = cipher[0] if cipher else ""
@@ -82,6 +88,24 @@ class MtlsConnection(HTTPSConnection):
                 f"which does not match the required DN {self.required_dn.pattern!r}; "
                 "nothing was sent"
             )
+        if self.required_rules is not None and cert is not None:
+            self._check_rules(self.required_rules, cert)
+
+    def _check_rules(self, rules: Rules, cert: x509.Certificate) -> None:
+        """The server's names against ``rules``, as ``require_peer`` judges a client's."""
+        failure = rules.failure(names_of_certificate(cert))
+        if failure is None:
+            return
+        where = f"{self.peer_name} ({self.host}:{self.port}) presented {self.server_dn!r}"
+        if rules.mode == "report":
+            logger.warning(
+                "report mode, went on with what enforce would refuse: %s: %s", where, failure
+            )
+            return
+        self.close()
+        raise UpstreamIdentityError(
+            f"{where}, which fails {rules.setting} ({failure}); nothing was sent"
+        )
 
     def request(self, *args: Any, **kwargs: Any) -> None:
         self.requests_sent += 1

@@ -27,7 +27,7 @@ class CertificateFileError(MtlsError):
 
 
 class PolicyError(MtlsError):
-    """A DN policy cannot be compiled or a blueprint has none where one is required."""
+    """Identity rules cannot be compiled, or an endpoint has no policy where one is required."""
 
 
 class ProxyHeaderError(MtlsError):

@@ -1,6 +1,6 @@
 """gunicorn server hooks: build the TLS state in the master, hand it to each worker.
 
-gunicorn_conf.py assigns these; they are the only glue between gunicorn's
+mtls.gunicorn_conf assigns these; they are the only glue between gunicorn's
 process model and mtls.serverstate. The state is built before the first fork
 (one session-ticket key for all workers) and rebuilt on SIGHUP or when the
 files change; a state that does not validate never replaces a good one.
@@ -19,7 +19,6 @@ status changes and hourly while it lasts.
 from __future__ import annotations
 
 import datetime
-import logging
 import os
 import signal
 import threading
@@ -40,14 +39,10 @@ _METRICS = "mtls_metrics_server"
 _METRICS_DIR = "mtls_metrics_dir"
 # While the health is warn or fail, the watcher repeats its line this often.
 REMIND_EVERY = 3600.0
-# The packages whose loggers (policy denials, upstream failures, store errors)
-# belong in gunicorn's error log, with its format and destination.
-APP_LOGGERS = ("mtls", "userservice", "homepage")
 
 
 def on_starting(server: Any) -> None:
     """Fail fast (the guide's validateCerts): gunicorn prints a RuntimeError as `Error: ...`."""
-    _route_app_logs(server)
     worker_class = server.worker_class
     if not (isinstance(worker_class, type) and issubclass(worker_class, MtlsWorker)):
         raise RuntimeError(
@@ -154,15 +149,6 @@ def on_reload(server: Any) -> None:
 def _one_line(message: str) -> str:
     """A multi-problem message as one log line: `a: | b | c`."""
     return " | ".join(part.strip().removeprefix("- ") for part in message.splitlines())
-
-
-def _route_app_logs(server: Any) -> None:
-    error_log = server.log.error_log
-    for name in APP_LOGGERS:
-        logger = logging.getLogger(name)
-        logger.handlers = list(error_log.handlers)
-        logger.setLevel(logging.INFO)
-        logger.propagate = False
 
 
 def _log_state(server: Any, state: TlsState, verb: str) -> None:

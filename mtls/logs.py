@@ -10,7 +10,7 @@ in a log line they end the line for ``str.splitlines``, journald and most
 log viewers, or reorder it on screen, so a peer could forge a record.
 
 So every record that goes through gunicorn's handlers, the access log, the
-error log and the app loggers routed to it alike (``mtls.hooks``), is
+error log and every other logger routed to it alike (below), is
 escaped once, in the formatter: :class:`MtlsLogger` (``logger_class`` in
 gunicorn_conf.py) wraps each handler's formatter in :class:`LogSafeFormatter`.
 One home for the rule, whatever format string or handler is configured.
@@ -81,11 +81,19 @@ class LogSafeFormatter(logging.Formatter):
 
 
 class MtlsLogger(glogging.Logger):  # type: ignore[misc]  # gunicorn is untyped
-    """gunicorn's Logger, with every handler of its two logs escaping what it writes.
+    """gunicorn's Logger: every handler escapes what it writes; every logger reaches it.
 
     ``setup`` runs at start-up and again on each configuration reload (after
-    gunicorn has replaced its handlers), so the wrapping is redone there.
-    Handlers from ``logconfig_dict`` on these two loggers are wrapped alike.
+    gunicorn has replaced its handlers), so both steps are redone there:
+    - each handler of gunicorn's two logs is wrapped in LogSafeFormatter
+      (handlers from ``logconfig_dict`` on these two loggers alike);
+    - the root logger gets the error log's handlers and ``--log-level``, so
+      every other logger, the app's own as much as ``mtls.*``, writes to
+      gunicorn's error log in its format at that level, with no list of
+      package names to keep. gunicorn's own two loggers do not propagate,
+      so nothing is written twice. Not done when a ``logconfig``,
+      ``logconfig_dict`` or ``logconfig_json`` is given: that configuration
+      is the operator's, root logger included.
     """
 
     def setup(self, cfg: Any) -> None:
@@ -94,3 +102,11 @@ class MtlsLogger(glogging.Logger):  # type: ignore[misc]  # gunicorn is untyped
             for handler in log.handlers:
                 if not isinstance(handler.formatter, LogSafeFormatter):
                     handler.setFormatter(LogSafeFormatter(handler.formatter))
+        if not any(getattr(cfg, name, None) for name in _OWN_LOG_CONFIG):
+            root = logging.getLogger()
+            root.handlers = list(self.error_log.handlers)
+            root.setLevel(self.loglevel)
+
+
+#: gunicorn settings with which the operator configures logging themselves.
+_OWN_LOG_CONFIG = ("logconfig", "logconfig_dict", "logconfig_json")

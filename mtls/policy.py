@@ -18,20 +18,24 @@ blueprint, path, address) go to the ``mtls.policy`` log.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import flask
+from flask.sansio.app import App as SansioApp
 from flask.sansio.blueprints import Blueprint as SansioBlueprint
 from flask.sansio.blueprints import BlueprintSetupState
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
+from mtls.decisions import decision_counts
 from mtls.errors import PolicyError
+from mtls.rules import PeerNames, Rules, compile_rules
 
 NO_CERTIFICATE = "No certificate chain found!"
 NOT_RECOGNIZED = "Certificate subject is not recognized!"
@@ -39,12 +43,16 @@ NOT_RECOGNIZED = "Certificate subject is not recognized!"
 logger = logging.getLogger("mtls.policy")
 
 _EXTENSION = "mtls.policy"
+V = TypeVar("V", bound=Callable[..., Any])
 
 
 @dataclass(frozen=True)
 class _Policy:
-    pattern: re.Pattern[str]
-    setting: str
+    rules: Rules
+
+    @property
+    def setting(self) -> str:
+        return self.rules.setting
 
 
 @dataclass(frozen=True)
@@ -52,9 +60,12 @@ class _Public:
     reason: str
 
 
-# Decisions live beside the blueprint objects rather than on them, so Flask's
-# Blueprint class is not monkey-patched; weak keys let test blueprints go away.
-_DECISIONS: weakref.WeakKeyDictionary[SansioBlueprint, _Policy | _Public] = (
+Decision = _Policy | _Public
+
+# Decisions live beside the blueprint and view objects rather than on them, so
+# Flask's classes are not monkey-patched; weak keys let test objects go away.
+_DECISIONS: weakref.WeakKeyDictionary[SansioBlueprint, Decision] = weakref.WeakKeyDictionary()
+_VIEW_DECISIONS: weakref.WeakKeyDictionary[Callable[..., Any], Decision] = (
     weakref.WeakKeyDictionary()
 )
 
@@ -90,6 +101,16 @@ def verified_subject(environ: Mapping[str, Any]) -> str | None:
 def require_dn(bp: flask.Blueprint, pattern: re.Pattern[str] | str, *, setting: str) -> None:
     """Deny every request into ``bp`` whose verified DN does not fullmatch ``pattern``.
 
+    The shortcut for ``mtls.flask.require_peer(bp, dn=pattern, setting=setting)``;
+    an empty pattern is refused, naming ``setting``.
+    """
+    compiled = compile_dn_policy(pattern, setting=setting) if isinstance(pattern, str) else pattern
+    police_blueprint(bp, compile_rules(dn=compiled, setting=setting))
+
+
+def police_blueprint(bp: flask.Blueprint, rules: Rules) -> None:
+    """Apply ``rules`` to every request into ``bp``, routed or not.
+
     Two hooks, for two reasons:
     - ``bp.before_request`` covers the blueprint's routes (STYLE: blueprint
       hooks, not app-wide ones);
@@ -100,21 +121,36 @@ def require_dn(bp: flask.Blueprint, pattern: re.Pattern[str] | str, *, setting: 
       blueprint's effective ``url_prefix`` with one app-level hook that
       applies the same policy to unrouted requests only.
     """
+    _refuse_non_blueprint(bp, "require_peer")
     if bp in _DECISIONS:
         raise PolicyError(f"blueprint {bp.name!r} already has a DN policy or is marked public")
-    compiled = compile_dn_policy(pattern, setting=setting) if isinstance(pattern, str) else pattern
-    policy = _Policy(compiled, setting)
+    policy = _Policy(rules)
     _DECISIONS[bp] = policy
 
     @bp.before_request
-    def _check_dn() -> flask.Response | None:
-        return _check(policy, flask.request.blueprint or bp.name)
+    def _check_peer() -> flask.Response | None:
+        return _check(policy, f"blueprint {flask.request.blueprint or bp.name!r}")
 
     bp.record(lambda state: _register_prefix(state, policy))
 
 
+def police_view(view: V, rules: Rules) -> V:
+    """``view`` wrapped so that ``rules`` hold before it runs (after any blueprint policy)."""
+    _refuse_second_decision(view)
+    policy = _Policy(rules)
+
+    @functools.wraps(view)
+    def policed(*args: Any, **kwargs: Any) -> Any:
+        denied = _check(policy, f"view {flask.request.endpoint or view.__name__!r}")
+        return denied if denied is not None else view(*args, **kwargs)
+
+    _VIEW_DECISIONS[policed] = policy
+    return policed  # type: ignore[return-value]  # same signature, by functools.wraps
+
+
 def mark_public(bp: flask.Blueprint, *, reason: str) -> None:
-    """Opt ``bp`` out of DN policing on purpose; ``reason`` is logged at start-up."""
+    """Opt ``bp`` out of policing on purpose; ``reason`` is logged at start-up."""
+    _refuse_non_blueprint(bp, "mark_public")
     if not reason.strip():
         raise PolicyError(f"blueprint {bp.name!r}: mark_public needs a reason")
     if bp in _DECISIONS:
@@ -122,38 +158,85 @@ def mark_public(bp: flask.Blueprint, *, reason: str) -> None:
     _DECISIONS[bp] = _Public(reason)
 
 
-def enforce_policy_coverage(app: flask.Flask) -> None:
-    """Refuse to start unless every route is DN-policed or public on purpose.
+def mark_view_public(view: V, *, reason: str) -> V:
+    """Opt one view out of policing on purpose (inside no policed blueprint)."""
+    if not reason.strip():
+        raise PolicyError(f"view {view.__name__!r}: mark_public needs a reason")
+    _refuse_second_decision(view)
+    _VIEW_DECISIONS[view] = _Public(reason)
+    return view
 
-    A blueprint is covered by its own decision or by an ancestor's (a parent's
-    ``before_request`` runs for its nested blueprints too). A route outside any
-    blueprint (other than the app's ``static``) has no policy at all and is
-    refused. Every problem is reported in one PolicyError.
+
+def refuse_app(target: object, function: str) -> None:
+    """A Flask app where a blueprint belongs: say what to do instead of an AttributeError."""
+    if isinstance(target, flask.Flask):
+        raise TypeError(
+            f"{function}() got the Flask app {target.name!r}, not a Blueprint: put the routes "
+            f"in a flask.Blueprint and call {function}(bp, ...) before registering it, or "
+            f"decorate each view with @{function}(...) below its route decorator"
+        )
+
+
+def _refuse_non_blueprint(target: object, function: str) -> None:
+    refuse_app(target, function)
+    if not isinstance(target, SansioBlueprint):
+        raise TypeError(f"{function}() takes a flask.Blueprint, not {type(target).__name__}")
+
+
+def _refuse_second_decision(view: Callable[..., Any]) -> None:
+    if view in _VIEW_DECISIONS:
+        raise PolicyError(
+            f"view {view.__name__!r} already has a policy or is marked public: "
+            "give it one require_peer(...) with every rule, or mark_public alone"
+        )
+
+
+def enforce_policy_coverage(app: flask.Flask) -> None:
+    """Refuse to start unless every endpoint is policed or public on purpose.
+
+    An endpoint is covered by its view's own decision, or by its blueprint's
+    or an ancestor's (a parent's ``before_request`` runs for its nested
+    blueprints too). Static files (the app's and blueprints') are public.
+    A view marked public inside a policed blueprint is a contradiction (the
+    blueprint's hook would deny it anyway) and refused. Every problem is
+    reported in one PolicyError.
     """
     problems: list[str] = []
-    for name, bp in app.blueprints.items():
-        decision = _decision_for(app, name)
-        if decision is None:
-            problems.append(
-                f"blueprint {name!r} has no DN policy: call mtls.policy.require_dn(bp, ...) "
-                "or mtls.policy.mark_public(bp, reason=...)"
-            )
-        elif isinstance(decision, _Public) and _DECISIONS.get(bp) is decision:
-            logger.info("blueprint %r is public: %s", name, decision.reason)
     for rule in app.url_map.iter_rules():
-        if rule.endpoint == "static":
+        endpoint = rule.endpoint
+        if endpoint == "static" or endpoint.endswith(".static"):
             continue
-        owner = rule.endpoint.rpartition(".")[0]
-        if owner not in app.blueprints:
+        owner = endpoint.rpartition(".")[0]
+        inherited = _decision_for(app, owner) if owner in app.blueprints else None
+        own = _VIEW_DECISIONS.get(app.view_functions.get(endpoint))  # type: ignore[arg-type]
+        where = f"route {rule.rule!r} (endpoint {endpoint!r})"
+        if isinstance(own, _Public) and isinstance(inherited, _Policy):
             problems.append(
-                f"route {rule.rule!r} (endpoint {rule.endpoint!r}) lives outside any "
-                "blueprint, so no DN policy can cover it: move it into a blueprint"
+                f"{where} is marked public inside blueprint {owner!r}, whose policy "
+                f"({inherited.setting}) applies to all its routes: move it out of the blueprint"
             )
+        elif own is None and inherited is None:
+            fix = (
+                f"call require_peer(bp, ...) or mark_public(bp, reason=...) on blueprint {owner!r}"
+                if owner in app.blueprints
+                else "move it into a policed blueprint"
+            )
+            problems.append(
+                f"{where} is neither policed nor public: {fix}, or decorate its view with "
+                "@require_peer(...) or @mark_public(reason=...) below the route decorator"
+            )
+    for name, bp in app.blueprints.items():
+        decision = _DECISIONS.get(bp)
+        if isinstance(decision, _Public):
+            logger.info("blueprint %r is public: %s", name, decision.reason)
     if problems:
-        raise PolicyError("DN policy coverage incomplete:\n  " + "\n  ".join(problems))
+        raise PolicyError(
+            f"policy coverage incomplete ({len(problems)} endpoint(s), failing closed):\n  "
+            + "\n  ".join(problems)
+        )
 
 
-def _decision_for(app: flask.Flask, name: str) -> _Policy | _Public | None:
+def _decision_for(app: flask.Flask, name: str) -> Decision | None:
     """The decision of blueprint ``name`` (dotted) or of its nearest ancestor."""
     parts = name.split(".")
     while parts:
@@ -165,47 +248,46 @@ def _decision_for(app: flask.Flask, name: str) -> _Policy | _Public | None:
     return None
 
 
-def _check(policy: _Policy, blueprint: str) -> flask.Response | None:
-    """Apply ``policy`` to the current request: None to proceed, else the 403."""
-    environ = flask.request.environ
-    remote = environ.get("REMOTE_ADDR", "-")
-    path = flask.request.path
+def _check(policy: _Policy, scope: str) -> flask.Response | None:
+    """Apply ``policy`` to the current request: None to proceed, else the 403.
+
+    ``scope`` names the blueprint or view whose policy this is, for the log.
+    In report mode a would-be denial is logged at WARNING, counted and served;
+    missing mTLS keys are denied in either mode (nothing can be evaluated).
+    """
+    request = flask.request
+    environ = request.environ
+    rules = policy.rules
+    endpoint = request.endpoint or scope
+    where = f"{request.method} {request.path} ({scope}, from {environ.get('REMOTE_ADDR', '-')})"
     if "SSL_CLIENT_VERIFY" not in environ:
         # Fail closed: without our worker nothing vouches for any identity
         # (e.g. gunicorn swapped in its stock gthread worker).
         logger.error(
-            "denied %s %s (blueprint %r, from %s): no mTLS keys in the WSGI environ; "
-            "the app is not running under mtls.worker.MtlsWorker (check worker_class)",
-            flask.request.method,
-            path,
-            blueprint,
-            remote,
+            "denied %s: no mTLS keys in the WSGI environ; the app is not running under "
+            "mtls.worker.MtlsWorker (start gunicorn with -c python:mtls.gunicorn_conf)",
+            where,
         )
+        count_decision(endpoint, "deny", "enforce")
         return _deny(NO_CERTIFICATE)
-    subject = verified_subject(environ)
-    if subject is None:
-        logger.warning(
-            "denied %s %s (blueprint %r, from %s): no verified client certificate "
-            "(SSL_CLIENT_VERIFY=%r)",
-            flask.request.method,
-            path,
-            blueprint,
-            remote,
-            environ.get("SSL_CLIENT_VERIFY"),
-        )
-        return _deny(NO_CERTIFICATE)
-    if policy.pattern.fullmatch(subject) is None:
-        logger.warning(
-            "denied %s %s (blueprint %r, from %s): subject %r does not match %s",
-            flask.request.method,
-            path,
-            blueprint,
-            remote,
-            subject,
-            policy.setting,
-        )
-        return _deny(NOT_RECOGNIZED)
-    return None
+    peer = PeerNames.from_environ(environ)
+    if peer is None:
+        verify = environ.get("SSL_CLIENT_VERIFY")
+        reason = f"no verified client certificate (SSL_CLIENT_VERIFY={verify!r})"
+        body = NO_CERTIFICATE
+    else:
+        failure = rules.failure(peer)
+        if failure is None:
+            count_decision(endpoint, "allow", rules.mode)
+            return None
+        reason = f"subject {peer.subject_dn!r} does not match {rules.setting} ({failure})"
+        body = NOT_RECOGNIZED
+    count_decision(endpoint, "deny", rules.mode)
+    if rules.mode == "report":
+        logger.warning("report mode, served what enforce would deny: %s: %s", where, reason)
+        return None
+    logger.warning("denied %s: %s", where, reason)
+    return _deny(body)
 
 
 def _deny(message: str) -> flask.Response:
@@ -224,34 +306,48 @@ class _UnroutedGuard:
     def __call__(self) -> flask.Response | None:
         request = flask.request
         if request.routing_exception is None:
-            return None  # routed: the blueprint's own hook (or none: public) decides
-        owner = self._owner_of_rule(request.routing_exception) or self._owner_of_path(request.path)
-        if owner is None:
-            return None
-        name, policy = owner
-        return _check(policy, name)
+            return None  # routed: the blueprint's and the view's own checks decide
+        owners = self._owners_of_rule(request.routing_exception)
+        by_path = self._owner_of_path(request.path)
+        for scope, policy in owners or ([by_path] if by_path else []):
+            denied = _check(policy, scope)
+            if denied is not None:
+                return denied
+        return None
 
-    def _owner_of_rule(self, exc: Exception) -> tuple[str, _Policy] | None:
-        """For a 405, the blueprint owning the rule that exists for other methods."""
+    def _owners_of_rule(self, exc: Exception) -> list[tuple[str, _Policy]]:
+        """For a 405: the policies of the rule that exists for other methods.
+
+        Its blueprint's (or nearest ancestor's) first, then its view's own.
+        """
         if not isinstance(exc, MethodNotAllowed) or not exc.valid_methods:
-            return None
-        adapter = flask.current_app.create_url_adapter(flask.request)
+            return []
+        app = flask.current_app
+        adapter = app.create_url_adapter(flask.request)
         if adapter is None:
-            return None
+            return []
         try:
             rule, _ = adapter.match(method=next(iter(exc.valid_methods)), return_rule=True)
         except HTTPException:
-            return None
+            return []
+        owners: list[tuple[str, _Policy]] = []
         parts = rule.endpoint.split(".")[:-1]
         while parts:
             policy = self.by_name.get(".".join(parts))
             if policy is not None:
-                return ".".join(parts), policy
+                owners.append((f"blueprint {'.'.join(parts)!r}", policy))
+                break
             parts.pop()
-        return None
+        own = _VIEW_DECISIONS.get(app.view_functions.get(rule.endpoint))  # type: ignore[arg-type]
+        if isinstance(own, _Policy):
+            owners.append((f"view {rule.endpoint!r}", own))
+        return owners
 
     def _owner_of_path(self, path: str) -> tuple[str, _Policy] | None:
-        """The policed blueprint with the longest url_prefix containing ``path``."""
+        """The policed blueprint with the longest url_prefix containing ``path``.
+
+        As ``(scope, policy)``, scope being ``blueprint 'name'`` for the log.
+        """
         path = re.sub("/{2,}", "/", path)  # werkzeug merges slashes; so do we
         best: tuple[str, _Policy] | None = None
         best_len = -1
@@ -262,13 +358,25 @@ class _UnroutedGuard:
         return best
 
 
-def _register_prefix(state: BlueprintSetupState, policy: _Policy) -> None:
-    guard = state.app.extensions.get(_EXTENSION)
-    if guard is None:
+def install_guard(app: SansioApp) -> _UnroutedGuard:
+    """The app's guard for unrouted requests, installed once, first in line.
+
+    First, so no other app-level hook runs for a denied probe.
+    """
+    guard = app.extensions.get(_EXTENSION)
+    if not isinstance(guard, _UnroutedGuard):
         guard = _UnroutedGuard()
-        state.app.extensions[_EXTENSION] = guard
-        # First in line, so no other app-level hook runs for a denied probe.
-        state.app.before_request_funcs.setdefault(None, []).insert(0, guard)
+        app.extensions[_EXTENSION] = guard
+        app.before_request_funcs.setdefault(None, []).insert(0, guard)
+    return guard
+
+
+def count_decision(endpoint: str, decision: str, mode: str) -> None:
+    decision_counts(flask.current_app).add(endpoint, decision, mode)
+
+
+def _register_prefix(state: BlueprintSetupState, policy: _Policy) -> None:
+    guard = install_guard(state.app)
     name = f"{state.name_prefix}.{state.name}".lstrip(".")
     guard.by_name[name] = policy
     prefix = state.url_prefix
@@ -279,4 +387,4 @@ def _register_prefix(state: BlueprintSetupState, policy: _Policy) -> None:
             f"blueprint {name!r}: url_prefix {prefix!r} has a converter; DN policies need "
             "a static prefix to cover unrouted requests"
         )
-    guard.prefixes[prefix.rstrip("/")] = (name, policy)
+    guard.prefixes[prefix.rstrip("/")] = (f"blueprint {name!r}", policy)

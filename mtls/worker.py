@@ -93,8 +93,7 @@ class MtlsWorker(ThreadWorker):  # type: ignore[misc]
     def init_process(self) -> None:
         if self.tls_state is None:
             raise ConfigError(
-                "mtls.worker.MtlsWorker got no TLS state from the master: start gunicorn "
-                "with `-c gunicorn_conf.py` (its pre_fork hook hands the context over)"
+                "mtls.worker.MtlsWorker got no TLS state from the master: start gunicorn with `gunicorn -c python:mtls.gunicorn_conf yourapp:app` (or a config file that begins `from mtls.gunicorn_conf import *`), not with -k alone: its hooks build the TLS context and its certfile/keyfile make wsgi.url_scheme https"  # noqa: E501
             )
         self.tls_state.context.sslsocket_class = BoundedSSLSocket
         self.handshaking.limit = self.tls_state.settings.max_handshakes

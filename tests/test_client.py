@@ -5,6 +5,7 @@ Every success is paired with the refusal that proves it could have failed.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import ssl
@@ -28,6 +29,7 @@ from mtls.errors import (
     UpstreamIdentityError,
     UpstreamRedirectError,
 )
+from mtls.rules import compile_rules
 from tests.tls_stub import (
     DROP,
     HANG,
@@ -535,3 +537,40 @@ def test_per_request_verify_override_is_refused(session: MtlsSession, serve: Ser
 def test_tls_facts_of_a_response_from_elsewhere_are_refused() -> None:
     with pytest.raises(ValueError, match="did not come through a make_session"):
         tls_facts(requests.Response())
+
+
+def test_server_rules_are_require_peers_rules_on_the_server_certificate(
+    demo_pki: Path, serve: Serve
+) -> None:
+    rules = compile_rules(san_dns="userservice.internal", ou="Services", setting="T")
+    with make_session(settings_for(demo_pki, server_rules=rules)) as session:
+        assert session.get(f"{serve().url}/users/1").status_code == 200
+
+
+def test_server_rules_that_fail_stop_the_request_before_a_byte_is_sent(
+    demo_pki: Path, serve: Serve
+) -> None:
+    server = serve()
+    rules = compile_rules(san_dns="*.example.org", setting="TEST_SERVER_RULES")
+    with make_session(settings_for(demo_pki, server_rules=rules)) as session:
+        with pytest.raises(UpstreamIdentityError) as caught:
+            session.get(f"{server.url}/users/1")
+    message = str(caught.value)
+    assert (
+        "fails TEST_SERVER_RULES (san_dns: DNS names ['userservice.internal', 'localhost']"
+        in message
+    )
+    assert message.endswith("nothing was sent")
+    wait_for(lambda: server.connections == 1)
+    assert server.seen == []
+
+
+def test_server_rules_in_report_mode_log_and_go_on(
+    demo_pki: Path, serve: Serve, caplog: pytest.LogCaptureFixture
+) -> None:
+    rules = compile_rules(cn="billing.internal", mode="report", setting="TEST_SERVER_RULES")
+    with make_session(settings_for(demo_pki, server_rules=rules)) as session:
+        with caplog.at_level(logging.WARNING, logger="mtls.client"):
+            assert session.get(f"{serve().url}/users/1").status_code == 200
+    assert "report mode, went on with what enforce would refuse" in caplog.text
+    assert "cn: subject CN ['userservice.internal']" in caplog.text

@@ -232,8 +232,10 @@ def test_an_uncovered_blueprint_or_bare_route_stops_the_app_from_starting() -> N
     app.add_url_rule("/bare", "bare", lambda: "bare")
     with pytest.raises(PolicyError) as excinfo:
         enforce_policy_coverage(app)
-    assert "blueprint 'forgotten' has no DN policy" in str(excinfo.value)
-    assert "route '/bare' (endpoint 'bare') lives outside any blueprint" in str(excinfo.value)
+    message = str(excinfo.value)
+    assert "route '/f' (endpoint 'forgotten.f') is neither policed nor public" in message
+    assert "on blueprint 'forgotten'" in message
+    assert "route '/bare' (endpoint 'bare') is neither policed nor public" in message
 
 
 def test_a_nested_blueprint_inherits_its_parents_policy() -> None:

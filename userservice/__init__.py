@@ -17,15 +17,23 @@ from werkzeug.wrappers import Response
 
 from mtls.policy import enforce_policy_coverage
 from userservice import health, users, whoami
+from userservice.access import UsersAccess
 from userservice.settings import UserServiceSettings
 from userservice.store import StoreUnavailable, open_store
 
 __all__ = ["UserServiceSettings", "create_app"]
 
 
-def create_app(settings: UserServiceSettings | None = None) -> Flask:
-    """Build the User Service; ``settings`` default to ``UserServiceSettings.from_env()``."""
-    settings = UserServiceSettings.from_env() if settings is None else settings
+def create_app(
+    settings: UserServiceSettings | None = None, access: UsersAccess | None = None
+) -> Flask:
+    """Build the User Service; ``settings`` default to ``UserServiceSettings.from_env()``.
+
+    ``access`` (SAN rules, policy mode) is read from the environment along with
+    ``settings``; given ``settings`` alone (tests), it defaults to none and enforce.
+    """
+    if settings is None:
+        settings, access = UserServiceSettings.from_env(), access or UsersAccess.from_env()
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body
     # Form parsing limits do not apply (JSON only), but keep them from
@@ -35,7 +43,9 @@ def create_app(settings: UserServiceSettings | None = None) -> Flask:
     store = open_store(settings.database)
     # Reachable for whoever must give the connections back (tests, a shutdown hook).
     app.extensions["userservice.store"] = store
-    app.register_blueprint(users.make_blueprint(store, allowed_dn=settings.allowed_dn))
+    app.register_blueprint(
+        users.make_blueprint(store, allowed_dn=settings.allowed_dn, access=access)
+    )
     app.register_blueprint(whoami.make_blueprint())
     app.register_blueprint(health.make_blueprint(store))
     _register_error_handlers(app, settings)

@@ -14,7 +14,8 @@ from flask import Blueprint, Response, request, url_for
 from marshmallow import Schema, ValidationError
 from werkzeug.exceptions import NotFound
 
-from mtls.policy import require_dn
+from mtls.flask import require_peer
+from userservice.access import UsersAccess
 from userservice.schemas import PageQuerySchema, UserCreateSchema, UserPatchSchema, UserSchema
 from userservice.store import User, UserStore
 
@@ -37,9 +38,17 @@ _page_schema = PageQuerySchema()
 MAX_USER_ID = 2**63 - 1
 
 
-def make_blueprint(store: UserStore, *, allowed_dn: re.Pattern[str]) -> Blueprint:
+def make_blueprint(
+    store: UserStore, *, allowed_dn: re.Pattern[str], access: UsersAccess | None = None
+) -> Blueprint:
     bp = Blueprint("users", __name__, url_prefix="/users")
-    require_dn(bp, allowed_dn, setting="USERSERVICE_ALLOWED_DN")
+    access = access or UsersAccess()
+    if access.allowed_san_uri:
+        setting = "USERSERVICE_ALLOWED_DN and USERSERVICE_ALLOWED_SAN_URI"
+    else:
+        setting = "USERSERVICE_ALLOWED_DN"
+    san_uri = access.allowed_san_uri or None
+    require_peer(bp, dn=allowed_dn, san_uri=san_uri, mode=access.mode, setting=setting)
 
     @bp.get("")
     def list_users() -> dict[str, Any]:

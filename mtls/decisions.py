@@ -1,0 +1,38 @@
+"""Counted policy decisions, per app: what report mode is for, and what metrics will read."""
+
+from __future__ import annotations
+
+import collections
+import threading
+from typing import Any
+
+_COUNTS = "mtls.decisions"
+
+
+class DecisionCounts:
+    """Policy decisions per (endpoint, decision, mode), for one app; thread-safe.
+
+    ``decision`` is ``allow`` or ``deny`` (in report mode, a served would-be
+    denial); one count per check, so a request through a policed blueprint
+    and a policed view counts twice. The future Prometheus counter
+    ``mtls_policy_decisions_total`` reads these.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: collections.Counter[tuple[str, str, str]] = collections.Counter()
+
+    def add(self, endpoint: str, decision: str, mode: str) -> None:
+        with self._lock:
+            self._counts[endpoint, decision, mode] += 1
+
+    def snapshot(self) -> dict[tuple[str, str, str], int]:
+        with self._lock:
+            return dict(self._counts)
+
+
+def decision_counts(app: Any) -> DecisionCounts:
+    counts = app.extensions.get(_COUNTS)
+    if not isinstance(counts, DecisionCounts):
+        counts = app.extensions[_COUNTS] = DecisionCounts()
+    return counts
