@@ -1,4 +1,4 @@
-"""The demo services' gunicorn config: the packaged one plus the demo's defaults (README, "Server settings").
+"""The demo services' gunicorn config: the packaged one plus the demo's defaults.
 
     gunicorn -c gunicorn_conf.py --bind 127.0.0.1:8443 wsgi:userservice
 

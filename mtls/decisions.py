@@ -1,10 +1,12 @@
-"""Counted policy decisions, per app: what report mode is for, and what metrics will read."""
+"""Counted policy decisions, per app and in Prometheus: what report mode is for."""
 
 from __future__ import annotations
 
 import collections
 import threading
 from typing import Any
+
+from mtls.metrics import worker_metrics
 
 _COUNTS = "mtls.decisions"
 
@@ -14,8 +16,8 @@ class DecisionCounts:
 
     ``decision`` is ``allow`` or ``deny`` (in report mode, a served would-be
     denial); one count per check, so a request through a policed blueprint
-    and a policed view counts twice. The future Prometheus counter
-    ``mtls_policy_decisions_total`` reads these.
+    and a policed view counts twice. Each is also counted in Prometheus'
+    ``mtls_policy_decisions_total`` when metrics are on (mtls.metrics).
     """
 
     def __init__(self) -> None:
@@ -25,6 +27,7 @@ class DecisionCounts:
     def add(self, endpoint: str, decision: str, mode: str) -> None:
         with self._lock:
             self._counts[endpoint, decision, mode] += 1
+        worker_metrics().policy_decision(endpoint, decision, mode)
 
     def snapshot(self) -> dict[tuple[str, str, str], int]:
         with self._lock:

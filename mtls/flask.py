@@ -65,6 +65,8 @@ __all__ = [
 logger = logging.getLogger("mtls.policy")
 
 T = TypeVar("T", bound=Callable[..., Any])
+# What require_peer polices: a Blueprint (returned as it is) or a view.
+Policed = TypeVar("Policed")
 Regex = str | re.Pattern[str] | Sequence[str | re.Pattern[str]] | None
 Values = str | Sequence[str] | None
 
@@ -119,6 +121,34 @@ class Mtls:
         return None
 
 
+@overload
+def require_peer(
+    target: Policed,
+    /,
+    *,
+    dn: Regex = None,
+    issuer_dn: Regex = None,
+    cn: Values = None,
+    ou: Values = None,
+    san_dns: Values = None,
+    san_uri: Values = None,
+    mode: str = "enforce",
+    setting: str | None = None,
+) -> Policed: ...
+@overload
+def require_peer(
+    target: None = None,
+    /,
+    *,
+    dn: Regex = None,
+    issuer_dn: Regex = None,
+    cn: Values = None,
+    ou: Values = None,
+    san_dns: Values = None,
+    san_uri: Values = None,
+    mode: str = "enforce",
+    setting: str | None = None,
+) -> Callable[[Policed], Policed]: ...
 def require_peer(
     target: Any = None,
     /,

@@ -85,9 +85,7 @@ def assess(
     return Health(status, tuple(problems), body)
 
 
-def from_environ(
-    environ: Mapping[str, Any], now: datetime.datetime | None = None
-) -> Health | None:
+def from_environ(environ: Mapping[str, Any], now: datetime.datetime | None = None) -> Health | None:
     """The health of the server a request came through, or None when not under our worker."""
     state = environ.get(STATE_ENVIRON_KEY)
     reloads = environ.get(RELOADS_ENVIRON_KEY)

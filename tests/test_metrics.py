@@ -36,6 +36,9 @@ UNTIL = 20.0  # seconds to wait for a count to show; each scrape is a poll, not 
 def pki(demo_pki: Path, tmp_path: Path) -> Path:
     d = tmp_path / "pki"
     shutil.copytree(demo_pki, d)
+    # A trusted caller that the /users policy denies (eventservice is revoked below).
+    issue = ["issue", "denied", "--dir", str(d), "--client", "--cn", "denied.internal"]
+    assert pki_cli.main(issue) == 0
     assert pki_cli.main(["revoke", "eventservice", "--dir", str(d)]) == 0
     return d
 
@@ -210,6 +213,25 @@ def test_healthz_says_ok_on_both_listeners_with_the_facts(pki: Path, tmp_path: P
         assert on_tls_port["status"] == "ok"
         assert on_tls_port["database"] == "ok"
         assert on_tls_port["serial"] == on_metrics_port["serial"]
+
+        # A policy denial (eventservice is trusted but not allowed on /users) moves
+        # decision="deny"; the Home Page's certificate moves "allow".
+        ctx = client_context(pki, "denied")
+        with pytest.raises(AssertionError, match="403"):
+            get(server, ctx, "/users/1")
+        get(server, client_context(pki, "homepage"), "/users/1")
+        deadline = time.monotonic() + UNTIL
+        while time.monotonic() < deadline:
+            decisions = {
+                labels: v
+                for (name, labels), v in samples(server).items()
+                if name == "mtls_policy_decisions_total"
+            }
+            seen = {(dict(k)["decision"], dict(k)["mode"]) for k, v in decisions.items() if v}
+            if {("deny", "enforce"), ("allow", "enforce")} <= seen:
+                break
+            time.sleep(0.1)
+        assert {("deny", "enforce"), ("allow", "enforce")} <= seen, decisions
 
 
 def test_healthz_fails_once_the_crl_is_stale(pki: Path, tmp_path: Path) -> None:
