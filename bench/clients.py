@@ -246,3 +246,26 @@ def busiest_share(by_pid: Counter[str]) -> float | None:
     """Fraction of the requests the busiest worker answered (0.5 = perfectly even over 2)."""
     total = sum(by_pid.values())
     return max(by_pid.values()) / total if total else None
+
+
+def resumption_by_worker(
+    port: int, ctx: ssl.SSLContext, path: str, attempts: int
+) -> dict[str, list[int]]:
+    """X-Pid -> [resumed, connections]: which workers resumed a session another one issued.
+
+    Sequential connections, each offering the session of the previous one
+    (TLS 1.3 tickets arrive after the handshake, so the session is taken after
+    the response). The first connection is a full handshake by necessity.
+    """
+    out: dict[str, list[int]] = {}
+    session: ssl.SSLSession | None = None
+    for _ in range(attempts):
+        raw = socket.create_connection((HOST, port), timeout=10)
+        with ctx.wrap_socket(raw, server_hostname="localhost", session=session) as tls:
+            tls.sendall(request_bytes(path, close=True))
+            _, headers, _ = read_response(tls, bytearray())
+            tally = out.setdefault(headers.get("x-pid", "?"), [0, 0])
+            tally[0] += 1 if tls.session_reused else 0
+            tally[1] += 1
+            session = tls.session
+    return out

@@ -41,6 +41,7 @@ HERE = Path(__file__).resolve().parent
 KEEPALIVE_CONNECTIONS = 8
 NEW_CONNECTION_CLIENTS = 4
 MAX_REQUESTS = 1_000_000  # per measurement, on top of the time bound
+RESUME_CHECK_CONNECTIONS = 200  # own client, per server, after the rounds
 SOAK_MAX_S = 60.0  # the RSS soak's time bound (--soak counts operations)
 
 # which servers each test runs on (issue 13's table)
@@ -240,6 +241,20 @@ class Run:
             "requests_so_far": self.served[srv.name],
         }  # fmt: skip
 
+    def resume_check(self) -> None:
+        """Which worker resumed how many sessions (s_time reports only a total)."""
+        for srv in self.servers:
+            if srv.name in PLAN["resumed"]:
+                by_pid = clients.resumption_by_worker(
+                    srv.port, self.pki.client_context(), PATH, RESUME_CHECK_CONNECTIONS
+                )
+                self.record({"server": srv.name, "test": "resume-by-worker", "ok": True,
+                             "round": self.args.rounds - 1, "by_pid": by_pid})  # fmt: skip
+                self.commands["client resume-by-worker"] = (
+                    f"bench/clients.py resumption_by_worker: {RESUME_CHECK_CONNECTIONS} "
+                    "sequential connections, each offering the previous session"
+                )
+
     def soak(self) -> None:
         """Keep-alive on ours until it has served --soak operations in all, then its RSS again.
 
@@ -280,6 +295,7 @@ def main(argv: list[str] | None = None) -> int:
             run.start_all()
             for rnd in range(a.rounds):
                 run.round(rnd)
+            run.resume_check()
             run.soak()
         finally:
             for srv in run.servers:
@@ -308,6 +324,11 @@ def render(jsonl: Path, out: Path) -> int:
     print(f"\nwrote {out / 'RESULTS.md'} and {out / 'results.png'} from {jsonl}")
     for t in report.targets(rows):
         print(f"  {t.number:3s} {t.text:58s} {report.fmt_value(t):>24s}  {t.verdict}")
+    failed = [f"{r['server']} {r['test']} round {r['round'] + 1}" for r in rows if not r.get("ok")]
+    if failed:
+        # a missed target is a result; a measurement that did not complete is a broken bench
+        print(f"bench: measurements not completed (see Notes in RESULTS.md): {', '.join(failed)}")
+        return 1
     return 0
 
 
@@ -356,6 +377,12 @@ def _notes(rows: list[dict[str, Any]]) -> list[str]:
             f"operations, {last['rss_mib']:.1f} MiB after {last['requests_so_far']:,} "
             f"({last['rss_mib'] - first['rss_mib']:+.2f} MiB)."
         )
+    for r in rows:
+        if r.get("test") == "resume-by-worker":
+            parts = ", ".join(f"pid {p}: {v[0]}/{v[1]}" for p, v in sorted(r["by_pid"].items()))
+            notes.append(
+                f"{r['server']}: sessions resumed per worker (resumed/connections): {parts}"
+            )
     bad = [r for r in rows if not r.get("ok")]
     for r in bad:
         notes.append(f"NOT COUNTED: {r['server']} {r['test']} round {r['round'] + 1}: "
