@@ -83,6 +83,16 @@ def cpu_by_pid(root: int, proc: Path = PROC) -> dict[int, float]:
     return {pid: stats[pid].cpu_seconds for pid in tree(root, stats)}
 
 
+def user_system(root: int, proc: Path = PROC) -> tuple[float, float]:
+    """utime and stime seconds so far, summed over root's tree (user code vs the kernel)."""
+    stats = all_stats(proc)
+    pids = tree(root, stats)
+    return (
+        sum(stats[p].utime_ticks for p in pids) / CLOCK_TICKS,
+        sum(stats[p].stime_ticks for p in pids) / CLOCK_TICKS,
+    )
+
+
 def cpu_delta(before: Mapping[int, float], after: Mapping[int, float]) -> float:
     """CPU spent between two cpu_by_pid snapshots.
 

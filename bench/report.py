@@ -54,9 +54,8 @@ class Spread:
         return cls(statistics.median(vals), vals[0], vals[-1], len(vals))
 
     def fmt(self, digits: int = 0, unit: str = "") -> str:
-        if self.n == 1 or self.low == self.high:
-            return f"{self.median:,.{digits}f}{unit}"
-        return f"{self.median:,.{digits}f}{unit} ({self.low:,.{digits}f}-{self.high:,.{digits}f})"
+        med, low, high = (f"{v:,.{digits}f}" for v in (self.median, self.low, self.high))
+        return f"{med}{unit}" if low == high else f"{med}{unit} ({low}-{high})"
 
 
 def values(rows: Iterable[Row], server: str, test: str, key: str = "us_per_op") -> dict[int, float]:
@@ -165,10 +164,10 @@ def fmt_value(t: Target) -> str:
     if t.value is None:
         return "-"
     digits = 2 if t.unit in ("x", "") else 1
-    text = f"{t.value:,.{digits}f}{t.unit}"
-    if t.per_round is not None and t.per_round.n > 1:
-        text += f" ({t.per_round.low:,.{digits}f}-{t.per_round.high:,.{digits}f})"
-    return text
+    if t.per_round is None:
+        return f"{t.value:,.{digits}f}{t.unit}"
+    # the headline is the ratio of medians, the range that of the per-round ratios
+    return Spread(t.value, t.per_round.low, t.per_round.high, t.per_round.n).fmt(digits, t.unit)
 
 
 def render_markdown(
@@ -184,7 +183,11 @@ def render_markdown(
     """
     out = ["# Benchmark results (`make bench`)", ""]
     out += [str(meta.get("title_note", "")), ""]
-    out += [f"{UNITS}; median of the rounds, (min-max) beside it; lower is better.", ""]
+    out += [
+        f"{UNITS}; median of the rounds, (min-max) beside it; lower is better. Raw rows: "
+        "bench/results.jsonl; chart: bench/results.png.",
+        "",
+    ]
     out.append("| | " + " | ".join(label for _, label in servers) + " |")
     out.append("|---" * (len(servers) + 1) + "|")
     for test, text in TESTS.items():
@@ -194,11 +197,15 @@ def render_markdown(
         ("rss", "rss_mib", 1, " MiB", 1.0),
         ("keepalive", "busiest_share", 0, " %", 100.0),
         ("resumed", "resumed_fraction", 0, " %", 100.0),
+        ("keepalive", "kernel_share", 0, " %", 100.0),
+        ("new", "kernel_share", 0, " %", 100.0),
     ]
     labels = {
-        "rss_mib": "worker RSS after load (mean per worker)",
-        "busiest_share": "keep-alive: share of the busiest worker",
-        "resumed_fraction": "`-reuse` connections actually resumed",
+        ("rss", "rss_mib"): "worker RSS after load (mean per worker)",
+        ("keepalive", "busiest_share"): "keep-alive: share of the busiest worker",
+        ("resumed", "resumed_fraction"): "`-reuse` connections actually resumed",
+        ("keepalive", "kernel_share"): "keep-alive: share of server CPU in the kernel (stime)",
+        ("new", "kernel_share"): "new connection: share of server CPU in the kernel",
     }
     for test, key, digits, unit, scale in extra:
         cells = []
@@ -206,7 +213,7 @@ def render_markdown(
             vals = values(rows, name, test, key)
             s = Spread.of(v * scale for v in vals.values())
             cells.append(s.fmt(digits, unit) if s else "-")
-        out.append(f"| {labels[key]} | " + " | ".join(cells) + " |")
+        out.append(f"| {labels[test, key]} | " + " | ".join(cells) + " |")
     out += ["", "## Targets (issue 13), ratios within this run", ""]
     out += [
         "| # | target | goal | measured (per-round range) | how | verdict |",
@@ -243,7 +250,9 @@ def chart(rows: Sequence[Row], servers: Sequence[tuple[str, str]], path: Path) -
     from matplotlib.patches import Patch
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(16, 7), width_ratios=[1.45, 1])
-    colours = {name: f"C{i}" for i, (name, _) in enumerate(servers)}
+    # ours and its variants in blues; red and green stay for the verdicts on the right
+    palette = ["#1f77b4", "#6baed6", "#08306b", "#7f7f7f", "#9467bd", "#8c564b"]
+    colours = {name: palette[i % len(palette)] for i, (name, _) in enumerate(servers)}
     slot = 0.8 / len(servers)
     for j, test in enumerate(TESTS):
         present = [(name, s) for name, _ in servers if (s := spread(rows, name, test))]

@@ -56,7 +56,9 @@ PLAN: dict[str, tuple[str, ...]] = {
 def measure(srv: Server, test: str, pki: Pki, seconds: int) -> tuple[dict[str, Any], str]:
     """Run one test against one server; the row for results.jsonl and the client command."""
     before = procstat.cpu_by_pid(srv.pid)
+    user0, sys0 = procstat.user_system(srv.pid)
     result, command = _client(srv, test, pki, seconds)()
+    user1, sys1 = procstat.user_system(srv.pid)
     after = procstat.cpu_by_pid(srv.pid)
     cpu = procstat.cpu_delta(before, after)
     ok = result.ops > 0 and result.failures == 0
@@ -71,6 +73,8 @@ def measure(srv: Server, test: str, pki: Pki, seconds: int) -> tuple[dict[str, A
         "server_cpu_s": round(cpu, 3),
         "us_per_op": 1e6 * cpu / max(result.ops, 1),
         "server_util": round(cpu / result.wall_s, 3) if result.wall_s else None,
+        # share of the server's CPU spent in the kernel (syscalls, TCP) rather than user code
+        "kernel_share": (sys1 - sys0) / ((user1 - user0) + (sys1 - sys0)) if cpu > 0 else None,
         "cpu_by_process": {str(p): round(after[p] - before.get(p, 0.0), 3) for p in after},
         "pids_changed": sorted(before) != sorted(after),
         "ok": ok,
@@ -300,9 +304,10 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             for srv in run.servers:
                 srv.stop()
+        invoked = "python -m bench " + shlex.join(sys.argv[1:] if argv is None else argv)
         meta = {
             "title_note": _title(a, pin, time.monotonic() - started, load_before),
-            "commands": run.commands,
+            "commands": {"the run (make bench)": invoked.strip(), **run.commands},
             "versions": versions(),
             "notes": _notes(run.rows),
         }
@@ -347,8 +352,10 @@ def _quote_server(srv: Server, work: Path) -> str:
 
 def _title(a: argparse.Namespace, pin: bool, elapsed: float, load: tuple[float, ...]) -> str:
     pinning = f"server on CPU {SERVER_CPU}, clients on CPU {CLIENT_CPU}" if pin else "NOT pinned"
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     return (
-        f"{a.rounds} interleaved round(s) of {a.seconds} s per measurement, {pinning}; "
+        f"Run of {when}: {a.rounds} interleaved round(s) of {a.seconds} s per measurement, "
+        f"{pinning}; "
         f"ECDSA P-256 (`pki demo`), TLS 1.3; run took {elapsed:.0f} s; "
         f"load average at start {load[0]:.2f} (a shared machine makes every figure noisy: "
         "read the ratios, which compare servers within the same rounds)."
