@@ -3,11 +3,12 @@
     .venv/bin/python -m bench [--rounds 3] [--seconds 4] [--quick]
 
 All six servers are started once and stay up; each round runs every test
-over the servers in turn (the starting server rotates per round), so a noisy
-moment of the shared machine hits a round of every server, not one server's
-whole figure. The server is pinned to CPU 0 and this process (with the
-openssl clients it starts) to CPU 1; server CPU is the utime+stime of the
-server's whole process tree over the measurement (bench/procstat.py).
+in 1 s slices, the servers taking turns slice by slice (the starting server
+rotates per round), so a noisy moment of the shared machine hits every
+server of a comparison alike, not one server's whole figure. The server is
+pinned to CPU 0 and this process (with the openssl clients it starts) to
+CPU 1; server CPU is the utime+stime of the server's whole process tree over
+the measurement (bench/procstat.py).
 
 Writes bench/RESULTS.md, bench/results.png and bench/results.jsonl (one JSON
 row per measurement, the raw material of the first two).
@@ -42,6 +43,7 @@ KEEPALIVE_CONNECTIONS = 8
 NEW_CONNECTION_CLIENTS = 4
 MAX_REQUESTS = 1_000_000  # per measurement, on top of the time bound
 RESUME_CHECK_CONNECTIONS = 200  # own client, per server, after the rounds
+SLICE_S = 1  # one client run; a measurement is --seconds slices, servers alternating
 SOAK_MAX_S = 60.0  # the RSS soak's time bound (--soak counts operations)
 
 # which servers each test runs on (issue 13's table)
@@ -53,43 +55,83 @@ PLAN: dict[str, tuple[str, ...]] = {
 }
 
 
-def measure(srv: Server, test: str, pki: Pki, seconds: int) -> tuple[dict[str, Any], str]:
-    """Run one test against one server; the row for results.jsonl and the client command."""
+@dataclass
+class Sample:
+    """One client run against one server and the server CPU it cost."""
+
+    result: clients.LoadResult
+    command: str
+    user_s: float
+    system_s: float
+    by_process: dict[int, float]
+    pids_changed: bool
+
+
+def sample(srv: Server, test: str, pki: Pki, seconds: int) -> Sample:
     before = procstat.cpu_by_pid(srv.pid)
     user0, sys0 = procstat.user_system(srv.pid)
     result, command = _client(srv, test, pki, seconds)()
     user1, sys1 = procstat.user_system(srv.pid)
     after = procstat.cpu_by_pid(srv.pid)
-    cpu = procstat.cpu_delta(before, after)
-    ok = result.ops > 0 and result.failures == 0
-    if result.bytes_per_op is not None and test != "bare":
-        ok = ok and result.bytes_per_op >= len(BODY)  # the body reached the client
+    return Sample(
+        result, command, user1 - user0, sys1 - sys0,
+        {p: after[p] - before.get(p, 0.0) for p in after}, sorted(before) != sorted(after),
+    )  # fmt: skip
+
+
+def row_from(srv: Server, test: str, samples: list[Sample]) -> dict[str, Any]:
+    """One round's row for a server: its slices added up (CPU, operations, bytes, workers)."""
+    ops = sum(s.result.ops for s in samples)
+    failures = sum(s.result.failures for s in samples)
+    wall = sum(s.result.wall_s for s in samples)
+    user, system = sum(s.user_s for s in samples), sum(s.system_s for s in samples)
+    cpu = user + system
+    by_process: Counter[str] = Counter()
+    by_pid: Counter[str] = Counter()
+    for s in samples:
+        by_process.update({str(p): v for p, v in s.by_process.items()})
+        by_pid.update(s.result.by_pid)
+
+    def weighted(values: list[tuple[float | None, int]]) -> float | None:
+        known = [(v, n) for v, n in values if v is not None]
+        total = sum(n for _, n in known)
+        return sum(v * n for v, n in known) / total if known and total else None
+
+    bytes_per_op = weighted([(s.result.bytes_per_op, s.result.ops) for s in samples])
+    ok = ops > 0 and failures == 0
+    if bytes_per_op is not None and test != "bare":
+        ok = ok and bytes_per_op >= len(BODY)  # the body reached the client
     row: dict[str, Any] = {
         "server": srv.name,
         "test": test,
-        "ops": result.ops,
-        "failures": result.failures,
-        "wall_s": round(result.wall_s, 3),
+        "slices": len(samples),
+        "ops": ops,
+        "failures": failures,
+        "wall_s": round(wall, 3),
         "server_cpu_s": round(cpu, 3),
-        "us_per_op": 1e6 * cpu / max(result.ops, 1),
-        "server_util": round(cpu / result.wall_s, 3) if result.wall_s else None,
+        "us_per_op": 1e6 * cpu / max(ops, 1),
+        "server_util": round(cpu / wall, 3) if wall else None,
         # share of the server's CPU spent in the kernel (syscalls, TCP) rather than user code
-        "kernel_share": (sys1 - sys0) / ((user1 - user0) + (sys1 - sys0)) if cpu > 0 else None,
-        "cpu_by_process": {str(p): round(after[p] - before.get(p, 0.0), 3) for p in after},
-        "pids_changed": sorted(before) != sorted(after),
+        "kernel_share": system / cpu if cpu > 0 else None,
+        "cpu_by_process": {p: round(v, 3) for p, v in sorted(by_process.items())},
+        "pids_changed": any(s.pids_changed for s in samples),
         "ok": ok,
     }
-    if result.resumed_fraction is not None:
-        row["resumed_fraction"] = result.resumed_fraction
-    if result.bytes_per_op is not None:
-        row["bytes_per_op"] = round(result.bytes_per_op, 1)
-    if result.by_pid:
-        row["by_pid"] = dict(result.by_pid)
+    resumed = weighted([(s.result.resumed_fraction, s.result.ops) for s in samples])
+    if resumed is not None:
+        row["resumed_fraction"] = resumed
+    if bytes_per_op is not None:
+        row["bytes_per_op"] = round(bytes_per_op, 1)
+    if by_pid:
+        row["by_pid"] = dict(by_pid)
         if srv.workers > 1:  # nginx's one worker takes everything by construction
-            row["busiest_share"] = clients.busiest_share(result.by_pid)
-    if result.detail:
-        row["detail"] = result.detail
-    return row, command
+            # each slice opens its own 8 connections: the worst slice is the spread's figure
+            shares = [clients.busiest_share(s.result.by_pid) for s in samples]
+            row["busiest_share"] = max(v for v in shares if v is not None)
+    details = [s.result.detail for s in samples if s.result.detail]
+    if details:
+        row["detail"] = details[-1]
+    return row
 
 
 def _client(
@@ -164,7 +206,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
-    ap.add_argument("--seconds", type=int, default=4, help="seconds per measurement (default 4)")
+    ap.add_argument("--seconds", type=int, default=4,
+                    help="1 s slices per server, test and round (default 4)")  # fmt: skip
     ap.add_argument("--soak", type=int, default=100_000,
                     help="operations ours serves in all before its last RSS reading")  # fmt: skip
     ap.add_argument("--quick", action="store_true", help="smoke run: 1 round of 1 s, no soak")
@@ -215,14 +258,26 @@ class Run:
             print(f"started {srv.name} on 127.0.0.1:{srv.port} (pid {srv.pid})", flush=True)
 
     def round(self, rnd: int) -> None:
+        """Each test: --seconds slices of 1 s, the servers taking turns slice by slice.
+
+        Fine interleaving matters most for the small differences (the access
+        log's ~tens of us on ~300 us): both servers of a pair see the same
+        seconds of the shared machine.
+        """
         by_name = {s.name: s for s in self.servers}
         for test, names in PLAN.items():
             shift = rnd % len(names)
-            for name in names[shift:] + names[:shift]:
+            order = names[shift:] + names[:shift]
+            samples: dict[str, list[Sample]] = {name: [] for name in order}
+            for _ in range(self.args.seconds):
+                for name in order:
+                    samples[name].append(sample(by_name[name], test, self.pki, SLICE_S))
+            for name in order:
                 srv = by_name[name]
-                row, command = measure(srv, test, self.pki, self.args.seconds)
+                command = samples[name][-1].command
                 which = f"client {test}" + ("" if srv.tls else " (plain HTTP)")
                 self.commands[which] = _portless(command.replace(str(self.work), "$WORK"), srv)
+                row = row_from(srv, test, samples[name])
                 row["round"] = rnd
                 self.served[name] += row["ops"]
                 self.record(row)
@@ -354,8 +409,8 @@ def _title(a: argparse.Namespace, pin: bool, elapsed: float, load: tuple[float, 
     pinning = f"server on CPU {SERVER_CPU}, clients on CPU {CLIENT_CPU}" if pin else "NOT pinned"
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     return (
-        f"Run of {when}: {a.rounds} interleaved round(s) of {a.seconds} s per measurement, "
-        f"{pinning}; "
+        f"Run of {when}: {a.rounds} round(s); in each, every test runs {a.seconds} slice(s) of "
+        f"{SLICE_S} s per server, the servers taking turns slice by slice; {pinning}; "
         f"ECDSA P-256 (`pki demo`), TLS 1.3; run took {elapsed:.0f} s; "
         f"load average at start {load[0]:.2f} (a shared machine makes every figure noisy: "
         "read the ratios, which compare servers within the same rounds)."

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import os
 import resource
+from collections import Counter
 
 from bench import clients, procstat, report
+from bench.run import Sample, row_from
+from bench.servers import Server
 
 
 def test_stat_parsing_survives_a_command_name_with_spaces_and_parentheses() -> None:
@@ -124,3 +127,21 @@ def test_target_margin_is_oriented_so_one_is_the_goal() -> None:
     at_least = report.Target("x", "x", "x", ">=", 0.5, "x", 1.0, None, "")
     at_most = report.Target("y", "y", "y", "<=", 10.0, "", 20.0, None, "")
     assert (at_least.margin, at_most.margin) == (2.0, 0.5)
+
+
+def test_slices_of_a_round_add_up_and_the_worst_slice_sets_the_spread() -> None:
+    def one(ops: int, by_pid: dict[str, int], user: float, system: float) -> Sample:
+        result = clients.LoadResult(ops=ops, wall_s=1.0, by_pid=Counter(by_pid))
+        return Sample(result, "client", user, system, {7: user + system}, pids_changed=False)
+
+    ours = Server("ours", "ours", "ours")
+    row = row_from(
+        ours,
+        "keepalive",
+        [one(100, {"7": 50, "8": 50}, 0.03, 0.01), one(300, {"7": 240, "8": 60}, 0.05, 0.01)],
+    )
+    assert (row["ops"], row["slices"], row["ok"]) == (400, 2, True)
+    assert round(row["us_per_op"], 6) == 250.0  # 0.1 s of CPU over 400 requests
+    assert round(row["kernel_share"], 6) == 0.2
+    assert row["busiest_share"] == 0.8  # the second slice's 240 of 300, not the total's 290/400
+    assert row["cpu_by_process"] == {"7": 0.1}
