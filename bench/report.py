@@ -156,7 +156,7 @@ def targets(rows: Sequence[Row]) -> list[Target]:
         Target("4", "RSS over plain", "worker RSS over plain-HTTP gunicorn, after load",
                "<=", 4.0, " MiB", rss, rss_r, "mean worker VmRSS, ours - plain"),
         Target("5", "busiest worker", "keep-alive spread: busiest of 2 workers, 8 connections",
-               "<=", 0.6, "", share.median if share else None, share, "its share of requests"),
+               "<=", 0.6, "", share.median if share else None, share, "its share, worst slice"),
     ]  # fmt: skip
 
 
@@ -202,7 +202,7 @@ def render_markdown(
     ]
     labels = {
         ("rss", "rss_mib"): "worker RSS after load (mean per worker)",
-        ("keepalive", "busiest_share"): "keep-alive: share of the busiest worker",
+        ("keepalive", "busiest_share"): "keep-alive: busiest worker share, worst 1 s slice",
         ("resumed", "resumed_fraction"): "`-reuse` connections actually resumed",
         ("keepalive", "kernel_share"): "keep-alive: share of server CPU in the kernel (stime)",
         ("new", "kernel_share"): "new connection: share of server CPU in the kernel",
