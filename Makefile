@@ -48,7 +48,7 @@ $(BENCH_STAMP): $(STAMP)
 
 # Side-by-side server CPU per operation (issue 13): ours, stock gunicorn,
 # plain HTTP and nginx; writes bench/RESULTS.md, bench/results.png and
-# bench/results.jsonl. BENCH_ARGS=--quick for a ~1 minute smoke run.
+# bench/results.jsonl. BENCH_ARGS=--quick: a 30 s smoke run into var/bench-quick/.
 bench: $(BENCH_STAMP)
 	@tools/ensure-tools openssl taskset nginx
 	$(BIN)/python -m bench $(BENCH_ARGS)

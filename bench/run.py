@@ -212,7 +212,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="operations ours serves in all before its last RSS reading")  # fmt: skip
     ap.add_argument("--quick", action="store_true", help="smoke run: 1 round of 1 s, no soak")
     ap.add_argument(
-        "--out", type=Path, default=HERE, help="where RESULTS.md etc. go (default bench/)"
+        "--out",
+        type=Path,
+        help="where RESULTS.md etc. go (default bench/; --quick: var/bench-quick/)",
     )
     ap.add_argument("--render", type=Path, metavar="JSONL",
                     help="only redraw RESULTS.md and results.png from a results.jsonl")  # fmt: skip
@@ -222,6 +224,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     a = ap.parse_args(argv)
     if a.quick:
         a.rounds, a.seconds, a.soak = 1, 1, 0
+    if a.out is None:  # a smoke run never overwrites the committed results
+        a.out = HERE.parent / "var" / "bench-quick" if a.quick else HERE
     if not 1 <= a.rounds <= 20 or not 1 <= a.seconds <= 60 or not 0 <= a.soak <= 1_000_000:
         ap.error("--rounds 1..20, --seconds 1..60, --soak 0..1000000: the run must stay bounded")
     return a
