@@ -6,6 +6,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
+BENCH_STAMP := $(VENV)/.bench-stamp
 TOOLS  := curl openssl haproxy chromium certutil initdb pg_ctl
 PKI_OUT := pki/out
 
@@ -40,8 +41,17 @@ lb-demo: $(STAMP)
 	@tools/ensure-tools haproxy
 	$(BIN)/python -m deploy.lb_demo --pki $(PKI_OUT)
 
-bench: $(STAMP)
-	$(BIN)/python bench/handshakes.py
+# The bench extra (matplotlib) has its own stamp so `make test` never pulls it.
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,bench]'
+	@touch $@
+
+# Side-by-side server CPU per operation (issue 13): ours, stock gunicorn,
+# plain HTTP and nginx; writes bench/RESULTS.md, bench/results.png and
+# bench/results.jsonl. BENCH_ARGS=--quick: a 30 s smoke run into var/bench-quick/.
+bench: $(BENCH_STAMP)
+	@tools/ensure-tools openssl taskset nginx
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
