@@ -20,10 +20,11 @@ import pytest
 import requests
 from cryptography import x509
 
-from mtls.client import ClientSettings, MtlsSession, make_session, tls_facts
+from mtls.client import MtlsSession, make_session, tls_facts
 from mtls.errors import ClientCertificateRefusedError, UpstreamIdentityError
 from pki import authority, store
 from pki import cli as pki_cli
+from tests.clients import client_settings
 from tests.foreign_cas import server_leaf_under, write_server_files
 from tests.servers import ECHO, Server, client_context, running, server_env
 from tests.tls_stub import Reply, StubServer, routes, serving
@@ -52,15 +53,6 @@ def pki(demo_pki: Path, tmp_path: Path) -> Path:
     return directory
 
 
-def settings_for(pki: Path, **overrides: object) -> ClientSettings:
-    files: dict[str, object] = {
-        "cert": pki / "homepage-chain.crt",
-        "key": pki / "homepage.key",
-        "ca_certs": pki / "root.crt",
-    }
-    return ClientSettings(**{**files, **overrides})  # type: ignore[arg-type]
-
-
 def renew(pki: Path, *extra: str) -> x509.Certificate:
     """`pki renew homepage --new-key`: key, then certificate and chain, each renamed into place."""
     assert pki_cli.main(["renew", "homepage", "--dir", str(pki), "--new-key", *extra]) == 0
@@ -81,7 +73,7 @@ def test_a_renewed_certificate_reaches_new_connections_while_the_pooled_one_fini
     echo: Server, pki: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     old = first_serial(pki)
-    with make_session(settings_for(pki)) as session:
+    with make_session(client_settings(pki)) as session:
         assert serial_of(session.get(echo.url)) == old
         with caplog.at_level(logging.INFO, logger="mtls.client"):
             new = renew(pki).serial_number
@@ -110,12 +102,12 @@ def test_requests_keep_succeeding_after_the_old_certificate_is_revoked(
     before = tmp_path / "before"  # the old identity, to prove the server refuses it now
     shutil.copytree(pki, before)
     with running(ECHO, env, tmp_path / "crl.log", client_context(pki, "homepage")) as server:
-        with make_session(settings_for(pki)) as session:
+        with make_session(client_settings(pki)) as session:
             assert serial_of(session.get(server.url)) == first_serial(before)
             new = renew(pki, "--revoke-old").serial_number
             server.wait_for_log("mTLS reloaded", timeout=20)
 
-            with make_session(settings_for(before)) as stale:
+            with make_session(client_settings(before)) as stale:
                 deadline = time.monotonic() + 20  # until the reloaded workers answer
                 while time.monotonic() < deadline:
                     try:
@@ -140,7 +132,7 @@ def test_a_new_certificate_without_its_key_is_refused_once_and_the_old_pair_kept
     shutil.copytree(pki, staged)
     new = renew(staged).serial_number
     old = first_serial(pki)
-    with make_session(settings_for(pki)) as session:
+    with make_session(client_settings(pki)) as session:
         assert serial_of(session.get(echo.url, headers=CLOSE)) == old
         (staged / "homepage-chain.crt").replace(pki / "homepage-chain.crt")  # the key lags
 
@@ -162,7 +154,7 @@ def test_a_new_certificate_without_its_key_is_refused_once_and_the_old_pair_kept
 def test_a_ca_bundle_that_is_not_pem_is_refused_and_the_old_trust_kept(
     echo: Server, pki: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with make_session(settings_for(pki)) as session:
+    with make_session(client_settings(pki)) as session:
         session.get(echo.url, headers=CLOSE)
         broken = pki / "root.crt.new"
         broken.write_text("not PEM at all\n")
@@ -192,7 +184,7 @@ def test_a_replaced_ca_bundle_trusts_a_server_that_moved_to_a_new_root(
     echo: Server, pki: Path, moved_server: tuple[StubServer, authority.Issued]
 ) -> None:
     server, new_root = moved_server
-    with make_session(settings_for(pki)) as session:
+    with make_session(client_settings(pki)) as session:
         with pytest.raises(UpstreamIdentityError, match="unable to get local issuer"):
             session.get(server.url)
 
@@ -237,7 +229,7 @@ def test_four_threads_see_no_failed_request_while_the_certificate_is_renewed_aga
             return serial in seen
 
     renewed = [first_serial(pki)]
-    with make_session(settings_for(pki, pool_maxsize=THREADS)) as session:
+    with make_session(client_settings(pki, pool_maxsize=THREADS)) as session:
         threads = [threading.Thread(target=loop, args=(session,)) for _ in range(THREADS)]
         for thread in threads:
             thread.start()
