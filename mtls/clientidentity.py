@@ -116,6 +116,8 @@ class IdentityFiles:
 
     def _reload(self, stamp: Stamp) -> ClientIdentity:
         old = self._current
+        if stamp in (old.stamp, self._refused):  # another thread got here first
+            return old
         try:
             new = self._load(stamp)
         except CertificateFileError as exc:

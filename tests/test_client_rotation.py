@@ -9,6 +9,7 @@ to catch the client between a new certificate and its key.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import ssl
 import threading
@@ -21,11 +22,13 @@ import requests
 from cryptography import x509
 
 from mtls.client import MtlsSession, make_session, tls_facts
+from mtls.clientidentity import IdentityFiles
 from mtls.errors import ClientCertificateRefusedError, UpstreamIdentityError
 from pki import authority, store
 from pki import cli as pki_cli
 from tests.clients import client_settings
 from tests.foreign_cas import server_leaf_under, write_server_files
+from tests.pkifiles import load_issued
 from tests.servers import ECHO, Server, client_context, running, server_env
 from tests.tls_stub import Reply, StubServer, routes, serving
 
@@ -195,6 +198,55 @@ def test_a_replaced_ca_bundle_trusts_a_server_that_moved_to_a_new_root(
         assert session.get(server.url).json() == {"moved": True}
         assert session.get(echo.url, headers=CLOSE).status_code == 200  # the old root still counts
         assert len(session.ssl_context.get_ca_certs()) == 2
+
+
+def test_a_renewed_pkcs12_file_reaches_new_connections(
+    echo: Server, pki: Path, tmp_path: Path
+) -> None:
+    password = tmp_path / "p12-password"
+    password.write_bytes(b"p12 secret\n")
+    homepage = load_issued(pki, "homepage")
+    issued = authority.Issued(homepage.cert, homepage.key, (load_issued(pki, "global").cert,))
+    p12 = pki / "homepage.p12"
+    p12.write_bytes(authority.build_p12(issued, b"p12 secret", friendly_name="homepage"))
+    settings = client_settings(pki, cert=p12, key=None, key_password=b"p12 secret")
+    with make_session(settings) as session:
+        assert serial_of(session.get(echo.url, headers=CLOSE)) == homepage.cert.serial_number
+        new = renew(pki, "--password-file", str(password)).serial_number  # rewrites the .p12
+        assert serial_of(session.get(echo.url, headers=CLOSE)) == new
+
+
+def identity_files(pki: Path) -> IdentityFiles:
+    settings = client_settings(pki)
+    return IdentityFiles(settings.cert, settings.key, settings.ca_certs, None)
+
+
+def test_unchanged_files_are_not_loaded_again_and_a_touched_set_is(pki: Path) -> None:
+    files = identity_files(pki)
+    first = files.current()
+    assert files.current() is first  # one stat per file, no parse, while nothing changes
+
+    os.utime(pki / "root.crt")  # rewritten in place with the same bytes: a new mtime
+    again = files.current()
+    assert again is not first
+    assert again.serial == first.serial
+
+
+def test_a_key_removed_mid_rotation_keeps_the_old_identity_with_one_warning(
+    pki: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    files = identity_files(pki)
+    first = files.current()
+    key = (pki / "homepage.key").read_bytes()
+    (pki / "homepage.key").unlink()  # a deploy that removes, then writes: not atomic
+    with caplog.at_level(logging.WARNING, logger="mtls.client"):
+        assert [files.current(), files.current()] == [first, first]
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert f"{pki / 'homepage.key'} does not exist or is not a file" in warning
+
+    (pki / "homepage.key").write_bytes(key)
+    assert files.current().serial == first.serial
+    assert files.current() is not first
 
 
 THREADS = 4
