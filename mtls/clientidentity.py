@@ -149,7 +149,9 @@ class IdentityFiles:
         """Build from the files; ``stamp`` was taken before reading them.
 
         A file replaced while it is read then differs from ``stamp``, so the
-        next connection loads it again: never a set newer than its stamp.
+        next connection loads it again: what is kept under a stamp is never
+        older than the files that stamp describes. (A refused mix of old and
+        new files is retried the same way.)
         """
         context, leaf = build_client_context(self.cert, self.key, self.ca_certs, self._password)
         return ClientIdentity(context, leaf, format_dn(leaf.subject), stamp)
