@@ -16,7 +16,11 @@
 - follows a redirect only within the origin it was sent to (scheme, host,
   port: RFC 6454 section 4), at most ``MAX_REDIRECTS`` times; a redirect to
   another origin raises ``UpstreamRedirectError`` before a byte goes there;
-- names TLS 1.3's late refusal of our certificate instead of a bare reset.
+- names TLS 1.3's late refusal of our certificate instead of a bare reset;
+- picks up renewed cert, key or CA files for new connections (a stat of the
+  three per new connection, ``mtls.clientidentity``); pooled connections finish
+  on the identity they were opened with, and a half-replaced set is refused
+  with a WARNING while the last good one stays in use.
 
 Deliberately NOT done: revocation checks of the server's certificate (no CRL
 or OCSP on this side); plain ``http://`` (no adapter is mounted for it);
@@ -35,14 +39,14 @@ from typing import Any, Self
 from urllib.parse import urlsplit
 
 import requests
+from cryptography import x509
 from requests.adapters import HTTPAdapter
 from urllib3.connectionpool import HTTPSConnectionPool
 from urllib3.exceptions import ReadTimeoutError
 from urllib3.util.retry import Retry
 
+from mtls.clientidentity import IdentityFiles
 from mtls.connection import MtlsConnection
-from mtls.credentials import build_client_context
-from mtls.dn import format_dn
 from mtls.errors import UpstreamRedirectError
 from mtls.rules import Rules
 
@@ -100,17 +104,27 @@ class MtlsSession(requests.Session):
 
     def __init__(self, settings: ClientSettings) -> None:
         super().__init__()
-        context, leaf = build_client_context(
+        self.identity = IdentityFiles(
             settings.cert, settings.key, settings.ca_certs, settings.key_password
         )
         self.trust_env = False  # env CA bundles and proxies must not widen trust or reroute
         self.max_redirects = MAX_REDIRECTS  # TooManyRedirects beyond, same origin only
         self.settings = settings
-        self.ssl_context = context
-        self.client_certificate = leaf
-        self.client_dn = format_dn(leaf.subject)
         self.adapters.clear()  # no http:// adapter: plain HTTP fails with InvalidSchema
-        self.mount("https://", MtlsAdapter(settings, context, self.client_dn))
+        self.mount("https://", MtlsAdapter(settings, self.identity))
+
+    # What new connections use now (files replaced since are loaded first).
+    @property
+    def ssl_context(self) -> ssl.SSLContext:
+        return self.identity.current().context
+
+    @property
+    def client_certificate(self) -> x509.Certificate:
+        return self.identity.current().leaf
+
+    @property
+    def client_dn(self) -> str:
+        return self.identity.current().dn
 
     def rebuild_auth(
         self, prepared_request: requests.PreparedRequest, response: requests.Response
@@ -217,18 +231,16 @@ def _retry_policy() -> Retry:
 class MtlsAdapter(HTTPAdapter):
     """Transport for ``https://``: our context, our connections, our timeouts and retries."""
 
-    def __init__(
-        self, settings: ClientSettings, context: ssl.SSLContext, presented_dn: str
-    ) -> None:
+    def __init__(self, settings: ClientSettings, identity: IdentityFiles) -> None:
         # Set before super().__init__(), which calls init_poolmanager().
         self._settings = settings
-        self._context = context
+        self._identity = identity
 
         class _Connection(MtlsConnection):
             peer_name = settings.peer_name
             required_dn = settings.server_dn
             required_rules = settings.server_rules
-            client_dn = presented_dn
+            identity = self._identity  # each connect() takes identity.current()
 
         class _Pool(HTTPSConnectionPool):
             ConnectionCls = _Connection
@@ -241,9 +253,10 @@ class MtlsAdapter(HTTPAdapter):
     def init_poolmanager(
         self, connections: int, maxsize: int, block: bool = False, **pool_kwargs: Any
     ) -> None:
-        super().init_poolmanager(
-            connections, maxsize, block, ssl_context=self._context, **pool_kwargs
-        )
+        # The pools' context only seeds urllib3's settings (verify_mode);
+        # MtlsConnection.connect() replaces it with the current one.
+        context = self._identity.current().context
+        super().init_poolmanager(connections, maxsize, block, ssl_context=context, **pool_kwargs)
         self.poolmanager.pool_classes_by_scheme = {"https": self._pool_cls}
 
     def cert_verify(self, conn: Any, url: str, verify: Any, cert: Any) -> None:

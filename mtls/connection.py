@@ -5,6 +5,8 @@ server's subject DN (before any request byte leaves), records the TLS
 version, cipher and server DN, and counts the requests it has carried, which
 is how a response knows it rode on a reused (keep-alive) connection. It also
 recognises the server refusing our certificate, which TLS 1.3 reports late.
+Each (re)connect takes the session's current identity (``mtls.clientidentity``):
+a renewed certificate reaches new connections, a live one keeps its own.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any, ClassVar
 from cryptography import x509
 from urllib3.connection import HTTPSConnection
 
+from mtls.clientidentity import IdentityFiles
 from mtls.dn import format_dn
 from mtls.errors import ClientCertificateRefusedError, UpstreamIdentityError
 from mtls.rules import Rules, names_of_certificate
@@ -44,16 +47,17 @@ _REFUSAL_ALERTS = frozenset(
 class MtlsConnection(HTTPSConnection):
     """urllib3's HTTPS connection that checks the server's DN and remembers its TLS facts.
 
-    Configured per session by a subclass (``peer_name``, ``required_dn``):
-    urllib3 passes pool keyword arguments into its pool key, so extra
-    settings cannot travel that way.
+    Configured per session by a subclass (``peer_name``, ``required_dn``,
+    ``identity``): urllib3 passes pool keyword arguments into its pool key,
+    so extra settings cannot travel that way.
     """
 
     peer_name: ClassVar[str] = "the server"
     required_dn: ClassVar[re.Pattern[str] | None] = None
     required_rules: ClassVar[Rules | None] = None
-    client_dn: ClassVar[str] = ""
+    identity: ClassVar[IdentityFiles | None] = None
 
+    client_dn = ""  # the subject DN this connection presented (its identity's)
     tls_version = ""
     cipher_name = ""
     server_dn = ""
@@ -61,6 +65,12 @@ class MtlsConnection(HTTPSConnection):
 
     def connect(self) -> None:
         self.requests_sent = 0
+        if self.identity is not None:
+            # Read by urllib3's connect() below; swapped per connection, never
+            # on a live one, so pooled connections finish on the set they began with.
+            presenting = self.identity.current()
+            self.ssl_context = presenting.context
+            self.client_dn = presenting.dn
         try:
             super().connect()
         except ssl.SSLCertVerificationError as exc:

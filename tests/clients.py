@@ -1,6 +1,6 @@
-"""Raw TLS clients for the test servers, one connection per request.
+"""Clients for the test servers: raw TLS, one connection per request; mtls.client settings.
 
-Shared by the end-to-end tests, so that no test module imports another.
+Shared by the end-to-end and client tests, so that no test module imports another.
 """
 
 from __future__ import annotations
@@ -8,8 +8,10 @@ from __future__ import annotations
 import json
 import socket
 import ssl
+from pathlib import Path
 
 from devserver.runner import Server
+from mtls.client import ClientSettings
 
 
 def get(
@@ -41,3 +43,15 @@ def get(
             head, _, body = data.partition(b"\r\n\r\n")
             assert head.startswith(b"HTTP/1.1 200"), head
             return json.loads(body), tls.session
+
+
+def client_settings(pki: Path, **overrides: object) -> ClientSettings:
+    """mtls.client settings presenting pki/homepage-chain.crt + key, trusting pki/root.crt."""
+    base: dict[str, object] = {
+        "cert": pki / "homepage-chain.crt",
+        "key": pki / "homepage.key",
+        "ca_certs": pki / "root.crt",
+        "peer_name": "the User Service",
+    }
+    base.update(overrides)
+    return ClientSettings(**base)  # type: ignore[arg-type]

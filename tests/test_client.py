@@ -22,7 +22,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
 
-from mtls.client import MAX_REDIRECTS, ClientSettings, MtlsSession, make_session, tls_facts
+from mtls.client import MAX_REDIRECTS, MtlsSession, make_session, tls_facts
 from mtls.errors import (
     CertificateFileError,
     ClientCertificateRefusedError,
@@ -30,6 +30,7 @@ from mtls.errors import (
     UpstreamRedirectError,
 )
 from mtls.rules import compile_rules
+from tests.clients import client_settings
 from tests.tls_stub import (
     DROP,
     HANG,
@@ -65,20 +66,9 @@ def serve(demo_pki: Path) -> Iterator[Serve]:
         yield start
 
 
-def settings_for(pki: Path, **overrides: object) -> ClientSettings:
-    base: dict[str, object] = {
-        "cert": pki / "homepage-chain.crt",
-        "key": pki / "homepage.key",
-        "ca_certs": pki / "root.crt",
-        "peer_name": "the User Service",
-    }
-    base.update(overrides)
-    return ClientSettings(**base)  # type: ignore[arg-type]
-
-
 @pytest.fixture
 def session(demo_pki: Path) -> Iterator[MtlsSession]:
-    with make_session(settings_for(demo_pki)) as s:
+    with make_session(client_settings(demo_pki)) as s:
         yield s
 
 
@@ -135,14 +125,14 @@ def test_ca_bundle_and_proxy_env_vars_neither_widen_trust_nor_reroute(
         monkeypatch.setenv("CURL_CA_BUNDLE", str(demo_pki / "rogue-ca.crt"))
         monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{dead}")
         legit, rogue = serve(), serve(cert="rogue")
-        with make_session(settings_for(demo_pki)) as session:
+        with make_session(client_settings(demo_pki)) as session:
             assert session.get(f"{legit.url}/users/1").status_code == 200
             with pytest.raises(UpstreamIdentityError, match="unable to get local issuer"):
                 session.get(f"{rogue.url}/users/1")
 
 
 def test_server_dn_matching_the_regex_is_accepted(demo_pki: Path, serve: Serve) -> None:
-    settings = settings_for(demo_pki, server_dn=re.compile(r"CN=userservice\.internal,.*"))
+    settings = client_settings(demo_pki, server_dn=re.compile(r"CN=userservice\.internal,.*"))
     with make_session(settings) as session:
         assert session.get(f"{serve().url}/users/1").status_code == 200
 
@@ -152,7 +142,7 @@ def test_server_dn_not_matching_the_regex_fails_before_the_request_is_sent(
 ) -> None:
     server = serve()
     # A prefix match would pass: the regex must match the WHOLE DN.
-    settings = settings_for(demo_pki, server_dn=re.compile(r"CN=userservice\.internal"))
+    settings = client_settings(demo_pki, server_dn=re.compile(r"CN=userservice\.internal"))
     with make_session(settings) as session, pytest.raises(UpstreamIdentityError) as caught:
         session.get(f"{server.url}/users/1")
 
@@ -198,7 +188,7 @@ def test_server_that_never_answers_times_out_after_the_read_timeout(
     demo_pki: Path, serve: Serve
 ) -> None:
     server = serve(lambda seen: HANG)
-    with make_session(settings_for(demo_pki, read_timeout=0.5)) as session:
+    with make_session(client_settings(demo_pki, read_timeout=0.5)) as session:
         started = time.monotonic()
         with pytest.raises(requests.ReadTimeout, match=r"read timeout=0\.5"):
             session.get(f"{server.url}/users/1")
@@ -209,7 +199,7 @@ def test_server_that_never_answers_times_out_after_the_read_timeout(
 def test_server_that_never_starts_tls_times_out_after_the_connect_timeout(
     demo_pki: Path,
 ) -> None:
-    with silent_port() as port, make_session(settings_for(demo_pki, connect_timeout=0.3)) as s:
+    with silent_port() as port, make_session(client_settings(demo_pki, connect_timeout=0.3)) as s:
         started = time.monotonic()
         with pytest.raises(requests.Timeout):
             s.get(f"https://127.0.0.1:{port}/users/1")
@@ -325,7 +315,7 @@ def encrypted_key(demo_pki: Path, tmp_path: Path) -> Path:
 def test_encrypted_key_is_loaded_with_its_password(
     demo_pki: Path, encrypted_key: Path, serve: Serve
 ) -> None:
-    settings = settings_for(demo_pki, key=encrypted_key, key_password=b"correct horse")
+    settings = client_settings(demo_pki, key=encrypted_key, key_password=b"correct horse")
     with make_session(settings) as session:
         assert session.get(f"{serve().url}/users/1").status_code == 200
 
@@ -341,7 +331,7 @@ def test_encrypted_key_without_the_right_password_is_refused_naming_the_file(
     demo_pki: Path, encrypted_key: Path, password: bytes | None, message: str
 ) -> None:
     with pytest.raises(CertificateFileError, match=f"{encrypted_key.name}: {message}"):
-        make_session(settings_for(demo_pki, key=encrypted_key, key_password=password))
+        make_session(client_settings(demo_pki, key=encrypted_key, key_password=password))
 
 
 @pytest.fixture
@@ -374,7 +364,7 @@ def test_pkcs12_identity_is_presented_without_a_key_file_on_disk(
     demo_pki: Path, p12: Path, empty_tempdir: Path, serve: Serve
 ) -> None:
     server = serve()
-    settings = settings_for(demo_pki, cert=p12, key=None, key_password=b"p12 secret")
+    settings = client_settings(demo_pki, cert=p12, key=None, key_password=b"p12 secret")
     with make_session(settings) as session:
         assert session.get(f"{server.url}/users/1").status_code == 200
 
@@ -395,7 +385,7 @@ def test_pkcs12_without_memfd_goes_through_an_encrypted_temp_file_that_is_remove
         real_unlink(path, *args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(os, "unlink", reading_unlink)
-    settings = settings_for(demo_pki, cert=p12, key=None, key_password=b"p12 secret")
+    settings = client_settings(demo_pki, cert=p12, key=None, key_password=b"p12 secret")
     with make_session(settings) as session:
         assert session.get(f"{serve().url}/users/1").status_code == 200
 
@@ -409,12 +399,12 @@ def test_pkcs12_with_the_wrong_password_is_refused_naming_the_file(
     demo_pki: Path, p12: Path
 ) -> None:
     with pytest.raises(CertificateFileError, match=r"homepage\.p12: cannot open the PKCS#12"):
-        make_session(settings_for(demo_pki, cert=p12, key=None, key_password=b"nope"))
+        make_session(client_settings(demo_pki, cert=p12, key=None, key_password=b"nope"))
 
 
 def test_missing_files_are_all_named_with_the_fix(tmp_path: Path) -> None:
     with pytest.raises(CertificateFileError) as caught:
-        make_session(settings_for(tmp_path))
+        make_session(client_settings(tmp_path))
     message = str(caught.value)
     for name in ("homepage-chain.crt", "homepage.key", "root.crt"):
         assert f"{tmp_path / name} does not exist" in message
@@ -431,7 +421,7 @@ def test_a_directory_in_place_of_a_file_is_named_as_such(
     directory = tmp_path / FILES[setting]
     directory.mkdir()
     with pytest.raises(CertificateFileError) as caught:
-        make_session(settings_for(demo_pki, **{setting: directory}))
+        make_session(client_settings(demo_pki, **{setting: directory}))
     assert str(caught.value).startswith(f"{directory} is a directory, not a file: run `make demo`")
     assert caught.value.files == (directory,)
 
@@ -450,7 +440,7 @@ def test_garbage_in_any_file_is_refused_naming_the_file_and_the_fix(
     garbage = tmp_path / FILES[setting]
     garbage.write_text("not PEM at all\n")
     with pytest.raises(CertificateFileError, match=f"^{re.escape(str(garbage))}: {message}"):
-        make_session(settings_for(demo_pki, **{setting: garbage}))
+        make_session(client_settings(demo_pki, **{setting: garbage}))
 
 
 def test_a_damaged_pem_key_is_refused_naming_the_file(demo_pki: Path, tmp_path: Path) -> None:
@@ -458,7 +448,7 @@ def test_a_damaged_pem_key_is_refused_naming_the_file(demo_pki: Path, tmp_path: 
     pem = (demo_pki / "homepage.key").read_text().splitlines()
     damaged.write_text("\n".join([pem[0], "AAAA" + pem[1][4:], *pem[2:]]) + "\n")
     with pytest.raises(CertificateFileError) as caught:
-        make_session(settings_for(demo_pki, key=damaged))
+        make_session(client_settings(demo_pki, key=damaged))
     assert str(caught.value).startswith(f"{damaged}: the private key in it is damaged (OpenSSL: ")
     assert str(caught.value).endswith(
         ": run `make demo` (or `pki demo --dir pki/out`), or point the setting at your own file"
@@ -471,7 +461,7 @@ def test_a_key_that_does_not_match_the_certificate_is_refused_naming_both(
 ) -> None:
     other = demo_pki / "userservice.key"
     with pytest.raises(CertificateFileError) as caught:
-        make_session(settings_for(demo_pki, key=other))
+        make_session(client_settings(demo_pki, key=other))
     assert str(caught.value) == (
         f"{other} does not match the certificate in {demo_pki / 'homepage-chain.crt'} "
         "(CN=homepage.internal,OU=Services,O=Example): was one of them replaced without the "
@@ -495,7 +485,7 @@ def test_a_file_we_may_not_open_is_refused_naming_it(
 
     monkeypatch.setattr(Path, "open", open_)
     with pytest.raises(CertificateFileError) as caught:
-        make_session(settings_for(demo_pki))
+        make_session(client_settings(demo_pki))
     assert str(caught.value) == (
         f"{locked} cannot be read (Permission denied): let this service's user read it"
     )
@@ -517,7 +507,7 @@ def test_a_file_that_vanishes_after_the_check_is_refused_naming_it(
 
     monkeypatch.setattr(Path, "read_bytes", read_bytes)
     with pytest.raises(CertificateFileError) as caught:
-        make_session(settings_for(demo_pki, **{setting: copy}))
+        make_session(client_settings(demo_pki, **{setting: copy}))
     assert str(caught.value) == (
         f"{copy} cannot be read (No such file or directory): check that it exists and that "
         "this service's user may read it"
@@ -543,7 +533,7 @@ def test_server_rules_are_require_peers_rules_on_the_server_certificate(
     demo_pki: Path, serve: Serve
 ) -> None:
     rules = compile_rules(san_dns="userservice.internal", ou="Services", setting="T")
-    with make_session(settings_for(demo_pki, server_rules=rules)) as session:
+    with make_session(client_settings(demo_pki, server_rules=rules)) as session:
         assert session.get(f"{serve().url}/users/1").status_code == 200
 
 
@@ -552,7 +542,7 @@ def test_server_rules_that_fail_stop_the_request_before_a_byte_is_sent(
 ) -> None:
     server = serve()
     rules = compile_rules(san_dns="*.example.org", setting="TEST_SERVER_RULES")
-    with make_session(settings_for(demo_pki, server_rules=rules)) as session:
+    with make_session(client_settings(demo_pki, server_rules=rules)) as session:
         with pytest.raises(UpstreamIdentityError) as caught:
             session.get(f"{server.url}/users/1")
     message = str(caught.value)
@@ -569,7 +559,7 @@ def test_server_rules_in_report_mode_log_and_go_on(
     demo_pki: Path, serve: Serve, caplog: pytest.LogCaptureFixture
 ) -> None:
     rules = compile_rules(cn="billing.internal", mode="report", setting="TEST_SERVER_RULES")
-    with make_session(settings_for(demo_pki, server_rules=rules)) as session:
+    with make_session(client_settings(demo_pki, server_rules=rules)) as session:
         with caplog.at_level(logging.WARNING, logger="mtls.client"):
             assert session.get(f"{serve().url}/users/1").status_code == 200
     assert "report mode, went on with what enforce would refuse" in caplog.text
