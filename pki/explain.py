@@ -44,7 +44,7 @@ from mtls.x509rules import day
 from pki.inspect import eku_name, reason_name
 
 Outcome = Literal["served", "forbidden", "refused", "handshake_passed"]
-WIDTH = 64  # where the dotted leaders end in the text rendering
+WIDTH = 56  # where the dotted leaders end in the text rendering
 
 #: The ``--json`` section of the command's help: every key, documented once.
 JSON_HELP = """\
