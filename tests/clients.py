@@ -9,6 +9,8 @@ import json
 import socket
 import ssl
 
+from cryptography import x509
+
 from devserver.runner import Server
 
 
@@ -41,3 +43,12 @@ def get(
             head, _, body = data.partition(b"\r\n\r\n")
             assert head.startswith(b"HTTP/1.1 200"), head
             return json.loads(body), tls.session
+
+
+def presented_serial(server: Server, ctx: ssl.SSLContext) -> int:
+    """The serial of the certificate the server presents to a new connection made with ``ctx``."""
+    with socket.create_connection((server.host, server.port), timeout=10) as raw:
+        with ctx.wrap_socket(raw, server_hostname="localhost") as tls:
+            der = tls.getpeercert(binary_form=True)
+            assert der is not None
+            return x509.load_der_x509_certificate(der).serial_number

@@ -11,6 +11,10 @@ the code declares and mean the same to systemd and to sh, and
 The shipped units name the installed checkout, /opt/internal-mtls; the test
 renders them with this checkout and the venv running the tests in its place,
 one documented substitution, so verify finds real binaries.
+The renewal and CRL units' commands are also run for real, in order, against
+a running server (paths moved into a temporary directory, ownership given to
+the test's user, and `systemctl reload` replaced by the SIGHUP it sends): the
+server must then present the renewed certificate.
 Deliberately NOT tested: running them under a real systemd (the sandbox's
 effect on gunicorn is the part a container cannot show).
 """
@@ -18,15 +22,22 @@ effect on gunicorn is the part a container cannot show).
 from __future__ import annotations
 
 import datetime
+import grp
 import itertools
 import os
+import pwd
 import re
 import shlex
+import shutil
+import signal
+import ssl
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 from gunicorn.config import Config
 
 from homepage.settings import DEFAULT_OPS_DN, HomePageEnv
@@ -34,7 +45,8 @@ from mtls.envconfig import declarations
 from mtls.settings import ServerSettings
 from pki.directory import CRL_DAYS
 from pki.lifetime import parse_duration
-from tests.servers import ROOT
+from tests.clients import get, presented_serial
+from tests.servers import ECHO, ROOT, Server, client_context, running
 from tests.tools import require_tool
 from userservice.settings import DEFAULT_ALLOWED_DN, UserServiceEnv
 
@@ -265,3 +277,76 @@ def test_sysusers_creates_the_users_the_units_run_as(tmp_path: Path) -> None:
         unit = load_unit(f"{service}.service")
         assert one(unit, "Service", "User") in users
         assert one(unit, "Service", "Group") in groups  # the renewal's install -g %i needs it
+
+
+def run_unit_commands(unit: str, instance: str, moved: dict[str, Path], server: Server) -> None:
+    """Run ``unit``'s ExecStart lines as systemd would, one by one, each required to succeed.
+
+    ``moved`` maps the unit's absolute directories to the test's. The last
+    line must be the reload, and is replaced by the SIGHUP it would send.
+    """
+    user, group = pwd.getpwuid(os.getuid()).pw_name, grp.getgrgid(os.getgid()).gr_name
+    venv_bin = str(Path(sys.executable).parent)
+    lines = load_unit(unit)["Service"]["ExecStart"]
+    *work, reload = (shlex.split(line.replace("%i", instance)) for line in lines)
+    assert Path(reload[0]).name == "systemctl"
+    assert reload[1] == "try-reload-or-restart"
+    assert f"{instance}.service" in reload[2:]
+    for argv in work:
+        argv = [a.replace(f"{PREFIX}/.venv/bin", venv_bin) for a in argv]
+        for unit_dir, test_dir in moved.items():
+            argv = [a.replace(unit_dir, str(test_dir)) for a in argv]
+        for flag, owner in (("-o", user), ("-g", group)):  # ownership is the host's business
+            if flag in argv:
+                argv[argv.index(flag) + 1] = owner
+        subprocess.run(argv, check=True, capture_output=True, timeout=60)
+    server.process.send_signal(signal.SIGHUP)
+
+
+def test_the_renewal_units_rotate_a_running_server(demo_pki: Path, tmp_path: Path) -> None:
+    ca, tls = tmp_path / "ca", tmp_path / "tls"
+    shutil.copytree(demo_pki, ca)
+    tls.mkdir()
+    shutil.copy(ca / "root.crt", tls / "root.crt")  # installed once by hand (deploy/README.md)
+    for name in ("userservice", "homepage"):
+        shutil.copy(ca / f"{name}-chain.crt", tls / f"{name}-chain.crt")
+        shutil.copy(ca / f"{name}.key", tls / f"{name}.key")
+    shutil.copy(ca / "crl.pem", tls / "crl.pem")
+    moved = {"/var/lib/internal-mtls/ca": ca, TLS_DIR: tls}
+    settings = read_env_file(UNITS / "userservice.env")
+    env = {k: v.replace(TLS_DIR, str(tls)) for k, v in settings.items() if k.startswith("MTLS_")}
+    del env["MTLS_METRICS_BIND"]  # a fixed port: the tests' servers must not share one
+    ctx = client_context(ca, "homepage")
+    with running(ECHO, env, tmp_path / "renew.log", ctx) as server:
+        old = presented_serial(server, ctx)
+        run_unit_commands("pki-renew@.service", "userservice", moved, server)
+        published = x509.load_pem_x509_certificates((tls / "userservice-chain.crt").read_bytes())
+        new = published[0].serial_number
+        assert new != old
+        assert (tls / "userservice.key").stat().st_mode & 0o777 == 0o640
+        lifetime = datetime.timedelta(hours=24)  # --valid 24h (notBefore is backdated for skew)
+        assert published[0].not_valid_after_utc <= datetime.datetime.now(datetime.UTC) + lifetime
+        deadline = time.monotonic() + 20
+        while presented_serial(server, ctx) != new and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert presented_serial(server, ctx) == new
+        # A revocation reaches the server only once pki-crl publishes the CRL.
+        revoke = [sys.executable, "-m", "pki", "revoke", "eventservice", "--dir", str(ca)]
+        subprocess.run(revoke, check=True, capture_output=True, timeout=60)
+        event = client_context(ca, "eventservice")
+        get(server, event)
+        run_unit_commands("pki-crl.service", "userservice", moved, server)
+        deadline = time.monotonic() + 20
+        while not refused(server, event) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert refused(server, event)
+        environ, _ = get(server, ctx)
+        assert environ["SSL_CLIENT_VERIFY"] == "SUCCESS"
+
+
+def refused(server: Server, ctx: ssl.SSLContext) -> bool:
+    try:
+        get(server, ctx)
+    except (ssl.SSLError, ConnectionResetError):
+        return True
+    return False
