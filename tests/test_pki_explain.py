@@ -6,17 +6,21 @@ client, an expired one, one both expired and revoked). Every row is asked of
 the echo server running with the same root and CRL: explain's "refused at
 the handshake" must be the server's refusal, with the TLS alert that reason
 makes OpenSSL send, and its "passes the handshake" must be a handshake that
-passes. The expired-and-revoked row pins the order of the checks: OpenSSL
-checks revocation before validity periods, and so does explain.
+passes. Two rows pin the order of the checks, as OpenSSL makes them and so
+explain: expired and revoked is "revoked" (revocation before validity
+periods), a revoked server-only certificate is "bad purpose" (purpose
+before revocation).
 """
 
 from __future__ import annotations
 
 import datetime
 import json
+import select
 import shutil
 import socket
 import ssl
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -56,6 +60,10 @@ CASES = [
         "would be refused at the handshake: bad purpose (no clientAuth)",
     ),
     (
+        "oldserver-chain.crt", "refused", "bad_purpose",
+        "would be refused at the handshake: bad purpose (no clientAuth)",
+    ),
+    (
         "homepage.crt", "refused", "chain_incomplete",
         "would be refused at the handshake: chain incomplete (the client sent no intermediate)",
     ),
@@ -64,11 +72,14 @@ CASES = [
 
 @pytest.fixture(scope="module")
 def lab(demo_pki: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The demo PKI plus: retired (revoked), lapsed (expired), gone (expired and revoked)."""
+    """The demo PKI plus: retired (revoked), lapsed (expired), gone (expired and revoked),
+    oldserver (a server certificate, revoked)."""
     pki = tmp_path_factory.mktemp("explain") / "pki"
     shutil.copytree(demo_pki, pki)
     assert pki_cli.main(["issue", "retired", "--client", "--dir", str(pki)]) == 0
     assert pki_cli.main(["revoke", "retired", "--dir", str(pki)]) == 0
+    assert pki_cli.main(["issue", "oldserver", "--server", "--dns", "old", "--dir", str(pki)]) == 0
+    assert pki_cli.main(["revoke", "oldserver", "--dir", str(pki)]) == 0
     issuer = load_issued(pki, "global")
     past = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=3)
     expired = {}
@@ -113,36 +124,46 @@ def explain(
     return doc
 
 
-def handshake(server: Server, pki: Path, presented: str, attempts: int = 5) -> str:
+def handshake(server: Server, pki: Path, presented: str) -> str:
     """``passed``, or the alert the server answered a client presenting pki/PRESENTED with.
 
-    The server closes right after its alert, with the rest of our flight
-    unread, so its kernel may send a RST that overtakes the alert; such an
-    answer (an EOF or a reset without an alert) is asked again, a few times.
+    TLS 1.3: our handshake returns before the server has judged our
+    certificate. Its verdict is the next thing it sends: an alert, or session
+    tickets (sent only once it accepted us). We wait for that verdict before
+    writing anything: a request the refusing server never reads can turn its
+    close into a reset or an EOF that overtakes the alert.
     """
     ctx = client_context(pki, None)
     key = presented.removesuffix(".crt").removesuffix("-chain")
     ctx.load_cert_chain(str(pki / presented), str(pki / f"{key}.key"))
-    lost = ""
-    for _attempt in range(attempts):
-        try:
-            with socket.create_connection((server.host, server.port), timeout=10) as raw:
-                with ctx.wrap_socket(raw, server_hostname="localhost") as tls:
-                    # TLS 1.3: the server judges our certificate after our Finished, so
-                    # its verdict (an alert, or the answer) arrives on the first read.
-                    tls.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-                    head = tls.recv(12)
-        except ssl.SSLError as exc:
-            if exc.reason:
+    with socket.create_connection((server.host, server.port), timeout=10) as raw:
+        with ctx.wrap_socket(raw, server_hostname="localhost") as tls:
+            try:
+                await_session_ticket(tls)
+            except ssl.SSLError as exc:
                 return str(exc.reason)
-            lost = repr(exc)
-            continue
-        except ConnectionResetError as exc:
-            lost = repr(exc)
-            continue
-        assert head.startswith(b"HTTP/1.1 200"), head
-        return "passed"
-    raise AssertionError(f"no alert and no answer in {attempts} attempts; last: {lost}")
+            tls.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            head = tls.recv(12)
+    assert head.startswith(b"HTTP/1.1 200"), head
+    return "passed"
+
+
+def await_session_ticket(tls: ssl.SSLSocket, timeout: float = 10.0) -> None:
+    """Return once the server sent a session ticket; its alert (ssl.SSLError) if it refused."""
+    deadline = time.monotonic() + timeout
+    tls.setblocking(False)
+    try:
+        while tls.session is None or not tls.session.has_ticket:
+            left = deadline - time.monotonic()
+            assert left > 0, "the server sent neither an alert nor a session ticket"
+            select.select([tls], [], [], left)
+            try:
+                data = tls.recv(1)  # processes a ticket, or raises the alert
+            except ssl.SSLWantReadError:
+                continue
+            raise AssertionError(f"no alert and no ticket, but {data!r} before any request")
+    finally:
+        tls.settimeout(10)
 
 
 @pytest.mark.parametrize(("presented", "outcome", "reason", "verdict"), CASES)
