@@ -1,15 +1,15 @@
 """`pki explain`: each verdict, and the real server agreeing with it.
 
-One table over the demo PKI plus three certificates made for it (a revoked
-client, an expired one, one both expired and revoked). Every row is asked of
-`pki explain`, then the same certificate is presented in a real handshake to
-the echo server running with the same root and CRL: explain's "refused at
-the handshake" must be the server's refusal, with the TLS alert that reason
-makes OpenSSL send, and its "passes the handshake" must be a handshake that
-passes. Two rows pin the order of the checks, as OpenSSL makes them and so
-explain: expired and revoked is "revoked" (revocation before validity
-periods), a revoked server-only certificate is "bad purpose" (purpose
-before revocation).
+One table over the demo PKI plus four certificates made for it (a revoked
+client, an expired one, one both expired and revoked, a revoked server-only
+one). Every row is asked of `pki explain` with the User Service's default
+policy, then the same certificate calls GET /users/1 on the real User
+Service running with the same root and CRL: explain's "refused at the
+handshake" must be the server's refusal, with the TLS alert that reason makes
+OpenSSL send; its 403 the service's 403, and "would be served" a 200.
+Two rows pin the order of the checks, as OpenSSL makes them and so explain:
+expired and revoked is "revoked" (revocation before validity periods), a
+revoked server-only certificate is "bad purpose" (purpose before revocation).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives import serialization
 from pki import authority
 from pki import cli as pki_cli
 from tests.pkifiles import load_issued, write_issued
-from tests.servers import ECHO, Server, client_context, running, server_env
+from tests.servers import Server, client_context, running, server_env
 from userservice.settings import DEFAULT_ALLOWED_DN
 
 #: What OpenSSL tells the client for each refusal reason (ssl_verify_alarm_type in ssl/statem).
@@ -106,12 +106,16 @@ def lab(demo_pki: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def echo(lab: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """The echo app behind our worker, trusting lab/root.crt and checking lab/crl.pem."""
-    env = server_env(lab, "userservice", MTLS_CRLFILE=str(lab / "crl.pem"))
-    log = tmp_path_factory.mktemp("explain-log") / "echo.log"
-    with running(ECHO, env, log, client_context(lab, "homepage")) as server:
-        yield server
+def user_service(lab: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The real User Service (its default USERSERVICE_ALLOWED_DN), with lab/root.crt and crl.pem."""
+    tmp = tmp_path_factory.mktemp("explain-users")
+    env = server_env(
+        lab, "userservice",
+        MTLS_CRLFILE=str(lab / "crl.pem"),
+        USERSERVICE_DATABASE_URL=f"sqlite:///{tmp / 'users.db'}",
+    )  # fmt: skip
+    with running("wsgi:userservice", env, tmp / "users.log", client_context(lab, "homepage")) as s:
+        yield s
 
 
 def explain(
@@ -124,8 +128,8 @@ def explain(
     return doc
 
 
-def handshake(server: Server, pki: Path, presented: str) -> str:
-    """``passed``, or the alert the server answered a client presenting pki/PRESENTED with.
+def ask(server: Server, pki: Path, presented: str) -> str:
+    """The status of GET /users/1 presenting pki/PRESENTED, or the alert that refused it.
 
     TLS 1.3: our handshake returns before the server has judged our
     certificate. Its verdict is the next thing it sends: an alert, or session
@@ -142,10 +146,11 @@ def handshake(server: Server, pki: Path, presented: str) -> str:
                 await_session_ticket(tls)
             except ssl.SSLError as exc:
                 return str(exc.reason)
-            tls.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            request = b"GET /users/1 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+            tls.sendall(request)
             head = tls.recv(12)
-    assert head.startswith(b"HTTP/1.1 200"), head
-    return "passed"
+    assert head.startswith(b"HTTP/1.1 "), head
+    return head[len(b"HTTP/1.1 ") :].decode()
 
 
 def await_session_ticket(tls: ssl.SSLSocket, timeout: float = 10.0) -> None:
@@ -169,7 +174,7 @@ def await_session_ticket(tls: ssl.SSLSocket, timeout: float = 10.0) -> None:
 @pytest.mark.parametrize(("presented", "outcome", "reason", "verdict"), CASES)
 def test_explain_names_the_deciding_check_and_the_server_agrees(
     lab: Path,
-    echo: Server,
+    user_service: Server,
     capsys: pytest.CaptureFixture[str],
     presented: str,
     outcome: str,
@@ -180,8 +185,9 @@ def test_explain_names_the_deciding_check_and_the_server_agrees(
     assert (doc["outcome"], doc["reason"], doc["verdict"]) == (outcome, reason, verdict)
     deciding = [c for c in doc["checks"] if c["decides"]]
     assert len(deciding) == (0 if outcome == "served" else 1)
-    answer = handshake(echo, lab, presented)
-    assert answer == (ALERTS[reason or ""] if outcome == "refused" else "passed")
+    answer = ask(user_service, lab, presented)
+    expected = {"served": "200", "forbidden": "403"}.get(outcome) or ALERTS[reason or ""]
+    assert answer == expected
 
 
 def test_text_output_numbers_every_check_and_marks_the_decider(
