@@ -7,7 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 BENCH_STAMP := $(VENV)/.bench-stamp
-TOOLS  := curl openssl haproxy chromium certutil initdb pg_ctl
+TOOLS  := curl openssl haproxy chromium certutil initdb pg_ctl systemd-analyze systemd-sysusers
 PKI_OUT := pki/out
 
 .PHONY: demo test lint check-demo lb-demo bench venv tools clean

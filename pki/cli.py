@@ -26,7 +26,8 @@ from mtls.dn import format_dn
 from mtls.envconfig import password_line
 from mtls.errors import PolicyError
 from mtls.policy import compile_dn_policy
-from pki import authority, csr, demo, directory, lifecycle, listing, store, verify
+from mtls.revocation import parse_crl_file
+from pki import authority, csr, demo, directory, explain, lifecycle, listing, store, verify
 from pki import inspect as inspect_
 from pki.errors import (
     CertificateRefused,
@@ -207,6 +208,41 @@ def _verify(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> in
     if crl is None:
         print("  revocation not checked (no CRL given)", file=out)
     return 0
+
+
+def _explain(args: argparse.Namespace, env: Mapping[str, str], out: TextIO) -> int:
+    if args.dir is None and args.ca is None:
+        raise UsageError("explain needs --dir DIR or --ca ROOT.crt to know what the server trusts")
+    try:
+        policy = compile_dn_policy(args.policy, setting="--policy") if args.policy else None
+    except PolicyError as exc:
+        raise UsageError(str(exc)) from None
+    presented = store.load_certs(args.cert)
+    roots_file = args.ca or args.dir / "root.crt"
+    roots = store.load_certs(roots_file, fix="pass --ca ROOT.crt (MTLS_CA_CERTS)")
+    known = store.load_certs(args.dir / "global.crt") if args.dir else []
+    crl_path = args.crl or (args.dir / "crl.pem" if args.dir else None)
+    crls = None
+    if crl_path is not None and (args.crl or crl_path.exists()):
+        data = store.read_bytes(crl_path, what="a CRL (MTLS_CRLFILE)", fix="check --crl")
+        problems: list[str] = []
+        found = parse_crl_file(crl_path, data, problems)
+        crls = explain.Crls(crl_path, found, problems)
+    explanation = explain.explain(
+        presented,
+        cert_file=str(args.cert),
+        roots=roots,
+        roots_from=str(roots_file),
+        crls=crls,
+        policy=policy,
+        known_intermediates=known,
+    )
+    if args.json:
+        _print_json(out, explain.render_json(explanation))
+    else:
+        for line in explain.render_text(explanation):
+            print(line, file=out)
+    return 0 if explanation.outcome in ("served", "handshake_passed") else 1
 
 
 def _verdict(
@@ -431,6 +467,18 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--policy", metavar="REGEX", help="the DN must fullmatch this")
     check.add_argument("--hostname", help="for --purpose server: a DNS name or IP it must cover")
     check.add_argument("--json", action="store_true", help="machine-readable, see below")
+
+    why = command("explain", _explain,
+                  "each check the server and the DN policy make on a client cert; which decides",
+                  epilog=explain.JSON_HELP)  # fmt: skip
+    why.add_argument(
+        "cert", type=Path, metavar="CERT", help="what the client presents: NAME-chain.crt"
+    )
+    ca_dir(why, required=False)
+    why.add_argument("--ca", type=Path, help="the server's MTLS_CA_CERTS (default DIR/root.crt)")
+    why.add_argument("--crl", type=Path, help="the server's MTLS_CRLFILE (default DIR/crl.pem)")
+    why.add_argument("--policy", metavar="REGEX", help="the DN policy, e.g. USERSERVICE_ALLOWED_DN")
+    why.add_argument("--json", action="store_true", help="machine-readable, see below")
 
     demo_ = command("demo", _demo, "make the demo PKI: CA, services, ops, lb, and a rogue")
     ca_dir(demo_)

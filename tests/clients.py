@@ -10,6 +10,8 @@ import socket
 import ssl
 from pathlib import Path
 
+from cryptography import x509
+
 from devserver.runner import Server
 from mtls.client import ClientSettings
 
@@ -55,3 +57,12 @@ def client_settings(pki: Path, **overrides: object) -> ClientSettings:
     }
     base.update(overrides)
     return ClientSettings(**base)  # type: ignore[arg-type]
+
+
+def presented_serial(server: Server, ctx: ssl.SSLContext) -> int:
+    """The serial of the certificate the server presents to a new connection made with ``ctx``."""
+    with socket.create_connection((server.host, server.port), timeout=10) as raw:
+        with ctx.wrap_socket(raw, server_hostname="localhost") as tls:
+            der = tls.getpeercert(binary_form=True)
+            assert der is not None
+            return x509.load_der_x509_certificate(der).serial_number

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import serialization
 
 from pki import authority, keys
 from pki import cli as pki_cli
-from tests.clients import get
+from tests.clients import get, presented_serial
 from tests.foreign_cas import foreign_intermediate, server_leaf_under, write_server_files
 from tests.pkifiles import load_issued, write_issued
 from tests.servers import (
@@ -374,14 +374,6 @@ def rotate(pki: Path, directory: Path) -> x509.Certificate:
     time.sleep(0.3)
     chain.replace(pki / "userservice-chain.crt")
     return leaf.cert
-
-
-def presented_serial(server: Server, ctx: ssl.SSLContext) -> int:
-    with socket.create_connection((server.host, server.port), timeout=10) as raw:
-        with ctx.wrap_socket(raw, server_hostname="localhost") as tls:
-            der = tls.getpeercert(binary_form=True)
-            assert der is not None
-            return x509.load_der_x509_certificate(der).serial_number
 
 
 def test_rotating_cert_and_key_under_load_fails_no_request(demo_pki: Path, tmp_path: Path) -> None:

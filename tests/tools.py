@@ -19,6 +19,9 @@ DEBIAN_PACKAGES = {
     # Debian keeps these in /usr/lib/postgresql/NN/bin (tests/postgres.py looks there too).
     "initdb": "postgresql",
     "pg_ctl": "postgresql",
+    # deploy/systemd is checked offline (tests/test_deploy_units.py): no running systemd needed.
+    "systemd-analyze": "systemd",
+    "systemd-sysusers": "systemd",
 }
 
 
