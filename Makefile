@@ -43,7 +43,7 @@ lb-demo: $(STAMP)
 
 # The bench extra (matplotlib) has its own stamp so `make test` never pulls it.
 $(BENCH_STAMP): $(STAMP)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,bench]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,demo,bench]'
 	@touch $@
 
 # Side-by-side server CPU per operation (issue 13): ours, stock gunicorn,

@@ -140,13 +140,16 @@ def test_a_unix_socket_host_is_refused_because_libpq_never_uses_tls_there() -> N
 
 
 @pytest.mark.parametrize(
-    ("name", "value"),
-    [("USERSERVICE_DATABASE_TIMEOUT", "0"), ("USERSERVICE_DATABASE_POOL_SIZE", "many")],
+    ("name", "value", "why"),
+    [
+        ("USERSERVICE_DATABASE_TIMEOUT", "0", "must be between 0.001 and 300 seconds"),
+        ("USERSERVICE_DATABASE_POOL_SIZE", "many", "is not a whole number of connections"),
+    ],
 )
 def test_a_bad_database_timeout_or_pool_size_is_refused_naming_the_variable(
-    name: str, value: str
+    name: str, value: str, why: str
 ) -> None:
-    with pytest.raises(ConfigError, match=f"{name}='{value}' is not a positive number"):
+    with pytest.raises(ConfigError, match=f"{name}='{value}' {why}"):
         UserServiceSettings.from_env({name: value})
 
 
@@ -161,7 +164,7 @@ def test_the_shipped_env_file_asks_for_mutual_tls_to_the_database() -> None:
         UserServiceSettings.from_env(env)
     problems = str(excinfo.value).splitlines()[1:]
     assert problems == [
-        "  USERSERVICE_DATABASE_URL (userservice@db.internal:5432/userservice): "
+        "  - USERSERVICE_DATABASE_URL (userservice@db.internal:5432/userservice): "
         "sslrootcert=/etc/userservice/root.crt: no such file; "
         "sslcert=/etc/userservice/userservice-db-chain.crt: no such file; "
         "sslkey=/etc/userservice/userservice-db.key: no such file"

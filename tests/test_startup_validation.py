@@ -26,15 +26,7 @@ from mtls.serverstate import (
 from mtls.settings import ServerSettings
 from mtls.validation import check_files
 from pki import authority
-
-# Compatibility re-export (`as` = explicit for mypy) for branches in flight
-# that still import these from here; their home is tests/pkifiles.py. The
-# lead removes this after merging; new code imports tests.pkifiles.
-from tests.pkifiles import attacker_root as attacker_root
-from tests.pkifiles import crl_pem as crl_pem
-from tests.pkifiles import hidden as hidden
-from tests.pkifiles import load_issued as load_issued
-from tests.pkifiles import write_issued as write_issued
+from tests.pkifiles import attacker_root, crl_pem, hidden, load_issued, write_issued
 
 NOW = datetime.datetime.now(datetime.UTC)
 

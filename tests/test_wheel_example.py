@@ -197,7 +197,7 @@ def test_another_spiffe_id_gets_the_fixed_403(orders: Server, installed: Install
 def test_no_certificate_is_refused_at_the_handshake(orders: Server, installed: Installed) -> None:
     with pytest.raises((ssl.SSLError, ConnectionError)):
         get(orders, client_context(installed.home / "ca", None), "/healthz")
-    orders.wait_for_log("reason=no client certificate")
+    orders.wait_for_log("reason=no_cert (no client certificate)")
 
 
 def test_the_apps_own_logger_reaches_gunicorns_log(orders: Server, installed: Installed) -> None:
