@@ -24,6 +24,10 @@ BUFFERED_BODY = 64 * 1024
 _END = b"\r\n\r\n"
 _CONTENT_LENGTH = re.compile(rb"\r\ncontent-length[ \t]*:[ \t]*([0-9]{1,19})[ \t]*(?=\r\n)", re.I)
 _CHUNKED = re.compile(rb"\r\ntransfer-encoding[ \t]*:", re.I)
+# RFC 9110 10.1.1: such a client sends its body only after "100 Continue"
+# (gunicorn sends it when the app reads the body): waiting for it here would
+# stall the client until its own expect timeout, or ours.
+_EXPECT = re.compile(rb"\r\nexpect[ \t]*:", re.I)
 # gunicorn's own ceilings (gunicorn.http.message): MAX_REQUEST_LINE and the
 # buffer it allows for headers, used where a limit is 0 ("unlimited").
 _MAX_REQUEST_LINE = 8190
@@ -41,15 +45,16 @@ def ready_for_thread(data: bytes) -> bool:
     """Whether a pool thread can serve ``data`` without waiting on the peer for small things.
 
     True once the head is whole and, for a Content-Length body of at most
-    BUFFERED_BODY bytes, the body too. A larger or chunked body, or a head
-    the parser will refuse (two or malformed Content-Lengths), is ready as
-    soon as the head is: the thread reads the rest, or answers 400.
+    BUFFERED_BODY bytes, the body too. A larger or chunked body, a client
+    that expects "100 Continue", or a head the parser will refuse (two or
+    malformed Content-Lengths), is ready as soon as the head is: the thread
+    reads the rest, or answers 400.
     """
     end = _head_end(data)
     if end is None:
         return False
     head = data[:end]
-    if _CHUNKED.search(head):
+    if _CHUNKED.search(head) or _EXPECT.search(head):
         return True
     lengths = _CONTENT_LENGTH.findall(head)
     if len(lengths) != 1:

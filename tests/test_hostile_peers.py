@@ -352,3 +352,24 @@ def test_a_tls13_client_that_already_wrote_learns_why_it_was_refused(
             outcomes[seen] = outcomes.get(seen, 0) + 1
     print(f"\n40 refused TLS 1.3 clients saw: {outcomes}")
     assert outcomes == {"TLSV13_ALERT_CERTIFICATE_REQUIRED": 40}
+
+
+def test_a_client_expecting_100_continue_gets_it_and_is_served(pki: Path, tmp_path: Path) -> None:
+    """RFC 9110 10.1.1: the body follows "100 Continue"; we must not wait for it first."""
+    env = server_env(pki, "userservice")
+    ctx = client_context(pki, "homepage")
+    with running(ECHO, env, tmp_path / "server.log", ctx) as server:
+        with socket.create_connection((server.host, server.port), timeout=CLIENT_TIMEOUT) as raw:
+            with ctx.wrap_socket(raw, server_hostname="localhost") as tls:
+                tls.sendall(
+                    b"POST / HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\n"
+                    b"Expect: 100-continue\r\nConnection: close\r\n\r\n"
+                )
+                assert tls.recv(1024).startswith(b"HTTP/1.1 100 Continue")
+                tls.sendall(b"hello")
+                data = b""
+                while chunk := tls.recv(65536):
+                    data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200"), head
+        assert json.loads(body)["body_length"] == 5

@@ -36,6 +36,8 @@ GET = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"
         (b"POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n", True),  # 400
         (f"POST / HTTP/1.1\r\nContent-Length: {BUFFERED_BODY + 1}\r\n\r\n".encode(), True),
         (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n4\r\n", True),
+        # Waits for "100 Continue" before its body: must not wait for the body here.
+        (b"POST / HTTP/1.1\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n", True),
     ],
 )
 def test_ready_for_thread(data: bytes, ready: bool) -> None:
