@@ -75,7 +75,7 @@ def on_starting(server: Any) -> None:
 
         setattr(server, _METRICS_DIR, metrics.start_multiprocess_dir())
         try:
-            listener = metricsserver.serve(bind, lambda: _current(server))
+            listener = metricsserver.serve(bind, lambda: _current(server), server.log)
         except OSError as e:
             raise RuntimeError(
                 f"MTLS_METRICS_BIND={bind[0]}:{bind[1]} cannot be bound ({e.strerror or e}); "

@@ -19,6 +19,7 @@ MTLS_METRICS_BIND unset nothing is counted at all (``NO_METRICS``).
 from __future__ import annotations
 
 import functools
+import importlib
 import os
 import shutil
 import tempfile
@@ -26,6 +27,8 @@ from collections.abc import Iterator
 from typing import Any, Protocol
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# Every prometheus_client module used here, imported before the first fork.
+_PRELOADED = ("prometheus_client", "prometheus_client.core", "prometheus_client.multiprocess")
 _HANDSHAKE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 
 
@@ -114,10 +117,17 @@ def start_multiprocess_dir() -> str:
     """A fresh directory for this server's per-process files, announced to future workers.
 
     Called by the master before the first fork. A directory left by an
-    earlier run would add its counts to ours, so it is always new.
+    earlier run would add its counts to ours, so it is always new. Then
+    every prometheus_client module this code uses is imported here, in the
+    master's main thread: a module imported for the first time by the
+    scrape thread while the arbiter forks leaves its import lock held in
+    the child, whose own import then waits forever (seen: a worker stuck
+    in init_process until gunicorn's graceful timeout killed it).
     """
     directory = tempfile.mkdtemp(prefix="mtls-metrics-")
-    os.environ[MULTIPROC_ENV] = directory
+    os.environ[MULTIPROC_ENV] = directory  # before the import: it picks the value class
+    for module in _PRELOADED:
+        importlib.import_module(module)
     return directory
 
 

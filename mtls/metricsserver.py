@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime
 import json
 import threading
+import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -41,6 +42,23 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(health.http_status, body, "application/json")
         self._send(404, b'{"message": "Not found"}', "application/json")
 
+    def _metrics(self) -> None:
+        """The workers' files are read while workers come and go (a reload forks new
+        ones as old ones exit): a read that meets a file mid-change is tried again,
+        and a scrape that still fails gets a 500 and a log line, never a dropped
+        connection."""
+        for attempt in range(3):
+            try:
+                body, content_type = exposition(self.server.facts)
+            except Exception:
+                if attempt == 2:
+                    self.server.log.exception("mTLS metrics: collecting the workers' files failed")
+                    body = b'{"message": "metrics collection failed; see the error log"}'
+                    return self._send(500, body, "application/json")
+                time.sleep(0.05)
+            else:
+                return self._send(200, body, content_type)
+
     def _send(self, status: int, body: bytes, content_type: str) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
@@ -55,15 +73,16 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], source: Source) -> None:
+    def __init__(self, address: tuple[str, int], source: Source, log: Any) -> None:
         super().__init__(address, _Handler)
         self.source = source
         self.facts = MasterFacts(source)
+        self.log = log
 
 
-def serve(address: tuple[str, int], source: Source) -> _Server:
+def serve(address: tuple[str, int], source: Source, log: Any) -> _Server:
     """Bind now (a taken port is a start-up error), serve from a daemon thread."""
-    server = _Server(address, source)
+    server = _Server(address, source, log)
     thread = threading.Thread(target=server.serve_forever, name="mtls-metrics", daemon=True)
     thread.start()
     return server

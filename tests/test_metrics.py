@@ -256,3 +256,38 @@ def test_healthz_fails_once_the_crl_is_stale(pki: Path, tmp_path: Path) -> None:
         status, body = scrape(server, "/healthz")
         assert (status, json.loads(body)["status"]) == (503, "fail")
         server.wait_for_log("mTLS health fail: the CRL is past its nextUpdate", timeout=UNTIL)
+
+
+def test_reloads_while_prometheus_scrapes_leave_no_worker_stuck(pki: Path, tmp_path: Path) -> None:
+    """A worker forked while the scrape thread first imported prometheus_client inherited
+    that import's lock and hung in init_process until the graceful timeout (30 s), and
+    the master's reload with it. Every reload here must replace its workers promptly."""
+    import re
+    import threading
+
+    with observed(pki, tmp_path) as server:
+        stop = threading.Event()
+
+        def scrape_hard() -> None:
+            deadline = time.monotonic() + 60
+            while not stop.is_set() and time.monotonic() < deadline:
+                scrape(server)
+
+        scraper = threading.Thread(target=scrape_hard)
+        scraper.start()
+        try:
+            for reload in range(1, 5):
+                os.kill(server.process.pid, signal.SIGHUP)
+                deadline = time.monotonic() + 10  # a third of the graceful timeout
+                while time.monotonic() < deadline:
+                    log = server.log()
+                    booted = re.findall(r"Booting worker with pid: (\d+)", log)
+                    exited = set(re.findall(r"Worker exiting \(pid: (\d+)\)", log))
+                    if len(booted) == 2 * (reload + 1) and set(booted[: 2 * reload]) <= exited:
+                        break
+                    time.sleep(0.1)
+                else:
+                    raise AssertionError(f"reload {reload}: an old worker did not exit:\n{log}")
+        finally:
+            stop.set()
+            scraper.join()
