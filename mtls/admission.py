@@ -6,9 +6,11 @@ Neither may grow without bound, and neither may ever stop the worker from
 accepting a new client: gthread's ``worker_connections`` gate did, so 2,000
 idle sockets locked every new client out. Here a full set admits the new
 connection and drops one old one instead, as nginx reuses its idle
-keep-alive connections when it runs out: the oldest that has sent nothing
-yet (a silent peer is the cheapest to lose and the likeliest attacker),
-else the oldest. No sockets here: the worker closes what it is handed.
+keep-alive connections when it runs out: among the oldest, the one of the
+lowest worth (a peer that has sent nothing yet is the cheapest to lose and
+the likeliest attacker; one that has been served before is a client worth
+keeping), the oldest on a tie. No sockets here: the worker closes what it
+is handed.
 """
 
 from __future__ import annotations
@@ -33,9 +35,9 @@ EVICTION_SCAN = 64
 class WaitingSet(Generic[C]):
     """Connections in insertion (age) order, at most ``limit`` of them."""
 
-    def __init__(self, limit: int, started: Callable[[C], bool]) -> None:
+    def __init__(self, limit: int, worth: Callable[[C], int]) -> None:
         self.limit = limit
-        self._started = started
+        self._worth = worth
         self._members: collections.OrderedDict[C, None] = collections.OrderedDict()
 
     def __len__(self) -> int:
@@ -56,16 +58,16 @@ class WaitingSet(Generic[C]):
         return victim
 
     def victim(self) -> C | None:
-        """Whom to drop next: the oldest silent member near the front, else the oldest."""
-        oldest: C | None = None
+        """Whom to drop next: of the oldest EVICTION_SCAN, the least worth, the oldest on a tie."""
+        best: C | None = None
+        best_worth = 0
         for i, conn in enumerate(self._members):
-            if i == 0:
-                oldest = conn
-            if not self._started(conn):
-                return conn
-            if i + 1 >= EVICTION_SCAN:
+            worth = self._worth(conn)
+            if best is None or worth < best_worth:
+                best, best_worth = conn, worth
+            if worth == 0 or i + 1 >= EVICTION_SCAN:
                 break
-        return oldest
+        return best
 
     def discard(self, conn: C) -> None:
         self._members.pop(conn, None)

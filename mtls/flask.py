@@ -64,7 +64,6 @@ __all__ = [
 
 logger = logging.getLogger("mtls.policy")
 
-T = TypeVar("T", bound=Callable[..., Any])
 # What require_peer polices: a Blueprint (returned as it is) or a view.
 Policed = TypeVar("Policed")
 Regex = str | re.Pattern[str] | Sequence[str | re.Pattern[str]] | None
@@ -188,9 +187,9 @@ def require_peer(
 
 
 @overload
-def mark_public(target: T, /, *, reason: str) -> T: ...
+def mark_public(target: Policed, /, *, reason: str) -> Policed: ...
 @overload
-def mark_public(target: None = None, /, *, reason: str) -> Callable[[T], T]: ...
+def mark_public(target: None = None, /, *, reason: str) -> Callable[[Policed], Policed]: ...
 def mark_public(target: Any = None, /, *, reason: str) -> Any:
     """Serve a Blueprint or a view to anyone, on purpose; ``reason`` is logged at start-up.
 

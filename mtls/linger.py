@@ -64,6 +64,11 @@ class Lingerer:
                 break
             self._end(sock)
 
+    def drop_oldest(self) -> None:
+        """Out of descriptors: the oldest drain ends now (its peer had its answer)."""
+        if self._draining:
+            self._end(next(iter(self._draining)))
+
     def close_all(self) -> None:
         for sock in list(self._draining):
             self._end(sock)

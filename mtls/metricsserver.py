@@ -26,9 +26,18 @@ from mtls.serverstate import TlsState
 Source = Callable[[], tuple[TlsState, ReloadStatus]]
 
 
+# Scrapes served at once; beyond it a connection is closed unanswered. With
+# the per-request timeout this bounds the master's threads and descriptors
+# whatever a peer on the metrics port does (hostile review: 300 silent
+# sockets had grown the master by 300 threads, for good).
+MAX_CONCURRENT = 8
+TIMEOUT = 5.0
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
+    timeout = TIMEOUT  # socketserver applies it to each connection: a stalled peer is dropped
 
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
@@ -63,8 +72,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "close")  # one request per connection: nothing lingers
         self.end_headers()
         self.wfile.write(body)
+        self.close_connection = True
 
     def log_message(self, format: str, *args: Any) -> None:
         return None  # scrapes every few seconds would drown the error log
@@ -73,7 +84,20 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)  # over MAX_CONCURRENT: no thread for it
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
     def __init__(self, address: tuple[str, int], source: Source, log: Any) -> None:
+        self._slots = threading.BoundedSemaphore(MAX_CONCURRENT)
         super().__init__(address, _Handler)
         self.source = source
         self.facts = MasterFacts(source)

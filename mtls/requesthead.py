@@ -50,29 +50,79 @@ def ready_for_thread(data: bytes) -> bool:
     malformed Content-Lengths), is ready as soon as the head is: the thread
     reads the rest, or answers 400.
     """
-    end = _head_end(data)
-    if end is None:
-        return False
-    head = data[:end]
+    buffer = RequestBuffer(data)
+    return buffer.ready
+
+
+# A head in more pieces than this is refused: a legitimate client sends one
+# in a few TLS records, and a peer dripping one byte per record makes every
+# piece cost a syscall and a callback on the event loop.
+MAX_PIECES = 1024
+
+
+class RequestBuffer:
+    """One request's bytes as they arrive, judged incrementally: linear in its size.
+
+    ``ready_for_thread`` over the whole buffer after every piece would cost
+    O(n) each time, O(n^2) for a head dripped in tiny records (a hostile
+    peer froze a worker's event loop that way). Here the head's end is
+    searched only in the bytes that can complete it, and the rest of the
+    judgement is made once, when the head is whole.
+    """
+
+    def __init__(self, start: bytes = b"") -> None:
+        self.data = bytearray()
+        self.pieces = 0
+        self._scanned = 0
+        self._ready_at: int | None = None  # total length at which it is ready
+        self.feed(start)
+        self.pieces = 0
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __bool__(self) -> bool:
+        return bool(self.data)
+
+    def feed(self, chunk: bytes) -> None:
+        self.data += chunk
+        self.pieces += 1
+        if self._ready_at is None:
+            # Only the last 3 bytes before this chunk can begin the CRLF CRLF.
+            end = _head_end(self.data, self._scanned)
+            self._scanned = max(0, len(self.data) - 3)
+            if end is not None:
+                self._ready_at = end + _body_to_wait_for(bytes(self.data[:end]))
+
+    @property
+    def ready(self) -> bool:
+        return self._ready_at is not None and len(self.data) >= self._ready_at
+
+    def take(self) -> bytes:
+        data = bytes(self.data)
+        self.data = bytearray()
+        return data
+
+
+def _body_to_wait_for(head: bytes) -> int:
+    """How much of the body to buffer before a thread (0: none); see ready_for_thread."""
     if _CHUNKED.search(head) or _EXPECT.search(head):
-        return True
+        return 0
     lengths = _CONTENT_LENGTH.findall(head)
     if len(lengths) != 1:
-        return True
+        return 0
     length = int(lengths[0])
-    if length > BUFFERED_BODY:
-        return True
-    return len(data) - end >= length
+    return 0 if length > BUFFERED_BODY else length
 
 
-def _head_end(data: bytes) -> int | None:
+def _head_end(data: bytes | bytearray, scan_from: int = 0) -> int | None:
     """Offset just past the head's empty line, or None while it is incomplete."""
     start = 2 if data.startswith(b"\r\n") else 0
     if data.startswith(b"\r\n", start):
         # An empty request line after the one tolerated empty line: complete,
         # in the sense that the parser refuses it without waiting for more.
         return start + 2 if len(data) >= start + 2 else None
-    found = data.find(_END, start)
+    found = data.find(_END, max(start, scan_from))
     return None if found == -1 else found + len(_END)
 
 

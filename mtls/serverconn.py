@@ -21,6 +21,7 @@ from gunicorn.workers.gthread import TConn
 from mtls.identity import PeerIdentity
 from mtls.linger import Lingerer
 from mtls.proxyphase import ProxyHeaderReader
+from mtls.requesthead import RequestBuffer
 
 # Where a connection is on its way to a pool thread. Each value once:
 #   proxy     reading the PROXY header (peer in MTLS_PROXY_ALLOW_FROM)
@@ -92,7 +93,7 @@ class MtlsConn(TConn):  # type: ignore[misc]
         # Whether the peer has sent anything yet: silent peers are dropped first.
         self.heard_from = False
         self.proxy_reader: ProxyHeaderReader | None = None
-        self.head = b""
+        self.head = RequestBuffer()
         self.registered = False
         self.tls_environ: dict[str, str] = {}
         self.peer: PeerIdentity | None = None

@@ -46,13 +46,16 @@ from mtls.linger import Lingerer
 from mtls.metrics import NO_METRICS, Metrics, worker_metrics
 from mtls.proxyphase import ProxyHeaderReader, Refuse, Step, Wait, refuse_unexpected_header
 from mtls.reloadstatus import ReloadStatus
-from mtls.requesthead import head_limit, ready_for_thread
+from mtls.requesthead import BUFFERED_BODY, MAX_PIECES, RequestBuffer, head_limit
 from mtls.serverconn import BoundedSSLSocket, MtlsConn, format_addr
 from mtls.serverstate import TlsState
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 _RECV_SIZE = 64 * 1024
+# Past this many bytes buffered in a worker, a connection whose buffered
+# request outgrows a small body is refused (SECURITY.md: limits).
+BUFFER_BUDGET = 64 * 1024 * 1024
 
 
 class MtlsWorker(ThreadWorker):  # type: ignore[misc]
@@ -67,8 +70,8 @@ class MtlsWorker(ThreadWorker):  # type: ignore[misc]
         self.tls_state: TlsState | None = None
         # Connections in PROXY/TLS, and handshaken ones waiting for a request:
         # bounded, dropping their oldest (mtls.admission); sized in init_process.
-        self.handshaking: WaitingSet[MtlsConn] = WaitingSet(1, started=_has_spoken)
-        self.idle: WaitingSet[MtlsConn] = WaitingSet(1, started=_has_begun_a_request)
+        self.handshaking: WaitingSet[MtlsConn] = WaitingSet(1, worth=_handshake_worth)
+        self.idle: WaitingSet[MtlsConn] = WaitingSet(1, worth=_idle_worth)
         self._local = threading.local()
         self._quitting = False
         self._head_limit = 0
@@ -77,6 +80,9 @@ class MtlsWorker(ThreadWorker):  # type: ignore[misc]
         # worker waits for them; busy counts those queued for or in a thread.
         self.busy = 0
         self._stopping_since: float | None = None
+        # Bytes of request heads (and small bodies) buffered on the event loop.
+        self._buffered = 0
+        self._accept_paused_until = 0.0
         self.lingerer = Lingerer(lambda: self.poller)
         self.metrics: Metrics = NO_METRICS
         # Handed over with the state (pre_fork): the master's last reload, for /healthz.
@@ -143,6 +149,8 @@ class MtlsWorker(ThreadWorker):  # type: ignore[misc]
         """
         if self.alive and not enabled:
             enabled = self.busy < self.worker_connections
+        if time.monotonic() < self._accept_paused_until:
+            enabled = False
         super().set_accept_enabled(enabled)
 
     def accept(self, listener: socket.socket) -> None:
@@ -316,7 +324,8 @@ class MtlsWorker(ThreadWorker):  # type: ignore[misc]
         drain read ahead count as the start of the next head.
         """
         conn.phase = "idle"
-        conn.head = conn.parser.unreader.take_buffered()
+        conn.head = RequestBuffer(conn.parser.unreader.take_buffered())
+        self._buffered += len(conn.head)
         conn.deadline = time.monotonic() + (
             self.state.settings.request_timeout if conn.head else self.cfg.keepalive
         )
@@ -327,7 +336,7 @@ class MtlsWorker(ThreadWorker):  # type: ignore[misc]
 
     def _read_head(self, conn: MtlsConn) -> None:
         sock = conn.sock
-        while not ready_for_thread(conn.head) and len(conn.head) < self._head_limit:
+        while not conn.head.ready and len(conn.head) < self._head_limit:
             try:
                 chunk = sock.recv(_RECV_SIZE)
             except ssl.SSLWantReadError:
@@ -342,7 +351,14 @@ class MtlsWorker(ThreadWorker):  # type: ignore[misc]
                 return self._close_idle(conn)
             if not conn.head:
                 conn.deadline = time.monotonic() + self.state.settings.request_timeout
-            conn.head += chunk
+            conn.head.feed(chunk)
+            self._buffered += len(chunk)
+            if conn.head.pieces > MAX_PIECES:
+                why = f"request sent in more than {MAX_PIECES} pieces (1-byte TLS records?)"
+                return self._refuse(conn, Refusal("other", why))
+            if self._buffered > BUFFER_BUDGET and len(conn.head) > BUFFERED_BODY:
+                why = f"more than {BUFFER_BUDGET >> 20} MiB of requests buffered in this worker"
+                return self._refuse(conn, Refusal("other", why))
         # A head over the limit goes to the parser too: gunicorn answers it
         # with its own 400/431 without reading further.
         self._hand_over(conn)
@@ -357,8 +373,8 @@ class MtlsWorker(ThreadWorker):  # type: ignore[misc]
                 return self._refuse(conn, refusal)
         age = time.monotonic() - conn.accepted_at
         conn.close_after_response = age >= self.state.settings.max_connection_age
-        conn.parser.unreader.unread(conn.head)
-        conn.head = b""
+        self._buffered -= len(conn.head)
+        conn.parser.unreader.unread(conn.head.take())
         conn.data_ready = True
         conn.phase = "busy"
         self.busy += 1
@@ -390,13 +406,16 @@ class MtlsWorker(ThreadWorker):  # type: ignore[misc]
         self.handshaking.discard(conn)
         self.idle.discard(conn)
         self._unregister(conn)
+        self._release_buffer(conn)
         # Before the handshake completes it is a refused handshake; after it,
         # a closed connection (a re-check or a head that never came whole).
         handshake = conn.phase != "idle"
         if handshake:
             self.metrics.handshake("refused", refusal.reason)
-        # Our alert must reach a TLS 1.3 client that already wrote (mtls.linger).
+        # Our alert must reach a TLS 1.3 client that already wrote (mtls.linger);
+        # a connection dropped to make room must give its descriptor back now.
         alerted = conn.phase == "tls" and refusal.reason not in ("probe", "timeout")
+        alerted = alerted and not refusal.detail.startswith("dropped")
         conn.phase = "closed"
         self._held(-1)
         what = "handshake refused" if handshake else "connection closed"
@@ -409,9 +428,15 @@ class MtlsWorker(ThreadWorker):  # type: ignore[misc]
             return
         self.idle.discard(conn)
         self._unregister(conn)
+        self._release_buffer(conn)
         conn.phase = "closed"
         self._held(-1)
         conn.close()
+
+    def _release_buffer(self, conn: MtlsConn) -> None:
+        if conn.phase == "idle":
+            self._buffered -= len(conn.head)
+            conn.head = RequestBuffer()
 
     def _drop_idle(self, conn: MtlsConn) -> None:
         if conn.head:
@@ -430,11 +455,17 @@ class MtlsWorker(ThreadWorker):  # type: ignore[misc]
                 len(self.handshaking),
                 len(self.idle),
             )
+        self.lingerer.drop_oldest()  # a descriptor back at once, if one is draining
         victim = self.handshaking.victim() or self.idle.victim()
         if victim is not None and victim in self.handshaking:
             self._refuse(victim, Refusal("other", "dropped: out of file descriptors"))
         elif victim is not None:
             self._drop_idle(victim)
+        else:
+            # Every descriptor is in a request: stop accepting for a moment
+            # instead of spinning on a listener that stays readable.
+            self._accept_paused_until = now + 0.2
+            super().set_accept_enabled(False)
 
     def murder_pending(self) -> None:
         """Once a second: close whatever is past its phase's deadline."""
@@ -509,12 +540,13 @@ class MtlsWorker(ThreadWorker):  # type: ignore[misc]
         return super().handle_request(req, conn)
 
 
-def _has_spoken(conn: MtlsConn) -> bool:
-    return conn.heard_from
+def _handshake_worth(conn: MtlsConn) -> int:
+    return 1 if conn.heard_from else 0  # silent peers go first
 
 
-def _has_begun_a_request(conn: MtlsConn) -> bool:
-    return bool(conn.head)
+def _idle_worth(conn: MtlsConn) -> int:
+    """Fresh and silent 0, a request begun 1, a client served before 2 (more if mid-request)."""
+    return (2 if conn.requests_served else 0) + (1 if conn.head else 0)
 
 
 def _raise_fd_limit() -> None:

@@ -18,7 +18,7 @@ class Conn:
 
 
 def table(limit: int) -> WaitingSet[Conn]:
-    return WaitingSet(limit, started=lambda c: c.heard_from)
+    return WaitingSet(limit, worth=lambda c: int(c.heard_from))
 
 
 def test_a_set_with_room_drops_no_one() -> None:
@@ -53,6 +53,16 @@ def test_the_scan_for_a_silent_member_is_bounded() -> None:
         s.add(c)
     s.add(Conn("silent but far back"))
     assert s.add(Conn("new")) is talkers[0]
+
+
+def test_a_connection_worth_more_outlives_older_cheaper_ones() -> None:
+    """The review's case: a served keep-alive client must not go before fresh half-heads."""
+    worth = {"served": 2, "half-head": 1, "silent": 0}
+    s: WaitingSet[Conn] = WaitingSet(3, worth=lambda c: worth[c.name.split()[0]])
+    served, half1, half2 = Conn("served"), Conn("half-head 1"), Conn("half-head 2")
+    for c in (served, half1, half2):
+        s.add(c)
+    assert s.add(Conn("half-head 3")) is half1
 
 
 def test_expired_members_are_listed_oldest_first_whatever_their_order() -> None:

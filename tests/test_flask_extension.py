@@ -223,3 +223,21 @@ def test_current_peer_is_the_verified_identity_or_none(demo_pki: Path) -> None:
     get(app, "/", {**peer_environ(), "SSL_CLIENT_VERIFY": "NONE", PEER_ENVIRON_KEY: identity})
     get(app, "/", {})
     assert seen == [identity, None, None]
+
+
+@pytest.mark.parametrize("endpoint", ["static", "admin.static"])
+def test_a_view_merely_named_static_is_not_exempt_from_coverage(endpoint: str) -> None:
+    """Hostile review: any endpoint called "static" or "x.static" escaped Mtls(app)."""
+    app = flask.Flask(__name__, static_folder=None)
+    app.add_url_rule("/admin", endpoint, lambda: "SECRET")
+    with pytest.raises(PolicyError, match=r"route '/admin' .* is neither policed nor public"):
+        Mtls(app)
+
+
+def test_flasks_own_static_routes_stay_public(tmp_path: Path) -> None:
+    (tmp_path / "style.css").write_text("body {}")
+    app = flask.Flask(__name__, static_folder=str(tmp_path))
+    bp = flask.Blueprint("docs", __name__, static_folder=str(tmp_path), url_prefix="/docs")
+    mark_public(bp, reason="docs")
+    app.register_blueprint(bp)
+    Mtls(app)  # no error: both static routes are Flask's own, at their own paths

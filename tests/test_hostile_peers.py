@@ -373,3 +373,19 @@ def test_a_client_expecting_100_continue_gets_it_and_is_served(pki: Path, tmp_pa
         head, _, body = data.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 200"), head
         assert json.loads(body)["body_length"] == 5
+
+
+def test_a_head_dripped_in_one_byte_records_is_cut_off_and_freezes_nothing(
+    pki: Path, tmp_path: Path
+) -> None:
+    """Hostile review: 200,000 one-byte records once cost the event loop seconds (quadratic)."""
+    env = server_env(pki, "userservice", MTLS_CLIENT_AUTH="optional")
+    ctx = client_context(pki, "homepage")
+    with running(ECHO, env, tmp_path / "server.log", ctx, args=("--workers", "1")) as server:
+        with stalled_peer(server, client_context(pki, None), "head") as tls:
+            with contextlib.suppress(OSError):
+                for _ in range(3000):  # each send() is one TLS record
+                    tls.send(b"a")
+            assert_closed_by_server(tls)
+        server.wait_for_log("reason=other (request sent in more than 1024 pieces")
+        legit_request(server, ctx)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import http.client
 import json
 import os
 import shutil
@@ -291,3 +292,30 @@ def test_reloads_while_prometheus_scrapes_leave_no_worker_stuck(pki: Path, tmp_p
         finally:
             stop.set()
             scraper.join()
+
+
+def test_silent_sockets_on_the_metrics_port_cost_the_master_no_threads(
+    pki: Path, tmp_path: Path
+) -> None:
+    """Hostile review: each stalled socket held a master thread for good."""
+    with observed(pki, tmp_path) as server:
+        master = server.process.pid
+        before = len(os.listdir(f"/proc/{master}/task"))
+        port = int(server.env["metrics_port"])
+        socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(50)]
+        try:
+            for s in socks:
+                s.sendall(b"GET /metrics HTTP/1.1\r\n")  # and never the rest
+            time.sleep(0.5)
+            during = len(os.listdir(f"/proc/{master}/task"))
+            assert during <= before + 8, (before, during)  # MAX_CONCURRENT
+            # The stalled ones hold the slots until their 5 s timeout, then it answers.
+            deadline, status = time.monotonic() + 15, 0
+            while status != 200 and time.monotonic() < deadline:
+                with contextlib.suppress(OSError, http.client.HTTPException):
+                    status, _ = scrape(server, "/healthz")
+                time.sleep(0.2)
+            assert status == 200
+        finally:
+            for s in socks:
+                s.close()

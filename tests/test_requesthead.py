@@ -12,7 +12,13 @@ from gunicorn.http.parser import RequestParser
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mtls.requesthead import BUFFERED_BODY, head_complete, head_limit, ready_for_thread
+from mtls.requesthead import (
+    BUFFERED_BODY,
+    RequestBuffer,
+    head_complete,
+    head_limit,
+    ready_for_thread,
+)
 
 GET = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"
 
@@ -90,3 +96,32 @@ def test_a_complete_head_never_makes_gunicorn_wait_for_more(data: bytes) -> None
     """The property that matters: a head we call complete is parsed from the buffer alone."""
     if head_complete(data):
         assert not _parser_needs_more(data), data
+
+
+@given(st.binary(max_size=300), st.lists(st.integers(min_value=1, max_value=40), max_size=30))
+def test_the_incremental_buffer_agrees_with_the_whole_judgement(
+    data: bytes, cuts: list[int]
+) -> None:
+    """Fed in any pieces, RequestBuffer says what ready_for_thread says of the whole."""
+    pieces, rest = [], GET + data
+    for cut in cuts:
+        pieces.append(rest[:cut])
+        rest = rest[cut:]
+    pieces.append(rest)
+    buffer = RequestBuffer()
+    seen = b""
+    for piece in pieces:
+        buffer.feed(piece)
+        seen += piece
+        assert buffer.ready == ready_for_thread(seen)
+
+
+def test_a_head_dripped_byte_by_byte_costs_linear_work() -> None:
+    """The hostile-review finding: 200,000 one-byte pieces used to be quadratic."""
+    buffer = RequestBuffer()
+    buffer.feed(b"GET / HTTP/1.1\r\nX-A: ")
+    for _ in range(200_000):
+        buffer.feed(b"a")
+    assert not buffer.ready
+    buffer.feed(b"\r\n\r\n")
+    assert buffer.ready
