@@ -44,6 +44,9 @@ class BoundedSSLSocket(ssl.SSLSocket):
     """
 
     io_timeout: float | None = None
+    # Monotonic time by which the request being read must be whole: a body
+    # dripped a byte per io_timeout would otherwise hold the thread for ever.
+    read_deadline: float | None = None
 
     def setblocking(self, flag: bool) -> None:
         if flag and self.io_timeout is not None:
@@ -52,12 +55,25 @@ class BoundedSSLSocket(ssl.SSLSocket):
             super().setblocking(flag)
 
     def recv(self, buflen: int = 1024, flags: int = 0) -> bytes:
+        self._bound_by_deadline()
         with self._stall_as_reset("read"):
             return super().recv(buflen, flags)
 
     def recv_into(self, buffer: Any, nbytes: int | None = None, flags: int = 0) -> int:
+        self._bound_by_deadline()
         with self._stall_as_reset("read"):
             return super().recv_into(buffer, nbytes, flags)
+
+    def _bound_by_deadline(self) -> None:
+        """In blocking mode, never wait past the request's deadline (only ever tighter)."""
+        deadline, current = self.read_deadline, self.gettimeout()
+        if deadline is None or current == 0.0:
+            return  # no deadline, or non-blocking (the event loop reads this way)
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(errno.ECONNRESET, "request body not complete in time")
+        if current is None or left < current:
+            self.settimeout(left)
 
     def send(self, data: Any, flags: int = 0) -> int:
         with self._stall_as_reset("write"):

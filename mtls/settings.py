@@ -118,6 +118,12 @@ class ServerSettings:
     io_timeout: float = env(
         "MTLS_IO_TIMEOUT", seconds(0.1), 10.0, "seconds any one read or write in a thread may wait"
     )
+    body_timeout: float = env(
+        "MTLS_BODY_TIMEOUT",
+        seconds(0.1, 86400.0),
+        60.0,
+        "seconds for a body read by a thread (over 64 KiB, or chunked) to arrive whole",
+    )
     max_handshakes: int = env(
         "MTLS_MAX_HANDSHAKES",
         whole_number(1),

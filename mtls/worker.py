@@ -290,6 +290,9 @@ class MtlsWorker(ThreadWorker):  # type: ignore[misc]
         except ValueError as e:
             # OpenSSL verified it, but cryptography cannot parse it: fail closed.
             return self._refuse(conn, Refusal("other", f"client certificate unparseable ({e})"))
+        # The captured Certificate message served the refusal's diagnosis only.
+        with contextlib.suppress(AttributeError):
+            delattr(sock, "mtls_peer_certificates")
         resumed = bool(sock.session_reused)
         if resumed and cert is not None:
             refusal = self.state.refuse_peer(cert, now, what="resumed session")
@@ -375,6 +378,8 @@ class MtlsWorker(ThreadWorker):  # type: ignore[misc]
         conn.close_after_response = age >= self.state.settings.max_connection_age
         self._buffered -= len(conn.head)
         conn.parser.unreader.unread(conn.head.take())
+        if isinstance(conn.sock, BoundedSSLSocket):
+            conn.sock.read_deadline = time.monotonic() + self.state.settings.body_timeout
         conn.data_ready = True
         conn.phase = "busy"
         self.busy += 1

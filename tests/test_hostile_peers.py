@@ -389,3 +389,33 @@ def test_a_head_dripped_in_one_byte_records_is_cut_off_and_freezes_nothing(
             assert_closed_by_server(tls)
         server.wait_for_log("reason=other (request sent in more than 1024 pieces")
         legit_request(server, ctx)
+
+
+def test_a_body_dripped_under_the_io_timeout_is_cut_at_the_body_timeout(
+    pki: Path, tmp_path: Path
+) -> None:
+    """Hostile review: a byte per (MTLS_IO_TIMEOUT - e) held a pool thread for ever."""
+    env = server_env(pki, "userservice", MTLS_IO_TIMEOUT="3", MTLS_BODY_TIMEOUT="2")
+    ctx = client_context(pki, "homepage")
+    with running(ECHO, env, tmp_path / "server.log", ctx, args=("--workers", "1")) as server:
+        with stalled_peer(server, ctx, "big-body") as tls:
+            deadline, cut = time.monotonic() + 10, False
+            while time.monotonic() < deadline and not cut:
+                try:
+                    tls.send(b"x")  # well inside the 3 s per-read timeout
+                except OSError:
+                    cut = True
+                    break
+                time.sleep(0.5)
+                tls.setblocking(False)
+                try:
+                    cut = tls.recv(1) == b""
+                except (ssl.SSLWantReadError, BlockingIOError):
+                    pass
+                except OSError:
+                    cut = True
+                tls.setblocking(True)
+                tls.settimeout(CLIENT_TIMEOUT)
+            assert cut, "the dripped body kept its thread past MTLS_BODY_TIMEOUT"
+        legit_request(server, ctx)
+        assert "Traceback" not in server.log()
