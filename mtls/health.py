@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from mtls.identity import format_serial
 from mtls.reloadstatus import ReloadSnapshot, ReloadStatus
 from mtls.serverstate import TlsState
 
@@ -69,7 +70,7 @@ def assess(
     body: dict[str, Any] = {
         "status": status,
         "problems": problems,
-        "serial": f"{leaf.serial_number:X}",
+        "serial": format_serial(leaf.serial_number),
         "subject": state.subject_dn,
         "not_after": _iso(leaf.not_valid_after_utc),
         "crl_next_update": _iso(next_update) if next_update else None,

@@ -26,6 +26,8 @@ import tempfile
 from collections.abc import Iterator
 from typing import Any, Protocol
 
+from mtls.identity import format_serial
+
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # Every prometheus_client module used here, imported before the first fork.
 _PRELOADED = ("prometheus_client", "prometheus_client.core", "prometheus_client.multiprocess")
@@ -196,5 +198,5 @@ class MasterFacts:
             "The served certificate (always 1)",
             labels=["serial", "subject"],
         )
-        info.add_metric([f"{leaf.serial_number:X}", state.subject_dn], 1)
+        info.add_metric([format_serial(leaf.serial_number), state.subject_dn], 1)
         yield info

@@ -24,6 +24,7 @@ from cryptography import x509
 from mtls.client import MtlsSession, make_session, tls_facts
 from mtls.clientidentity import IdentityFiles
 from mtls.errors import ClientCertificateRefusedError, UpstreamIdentityError
+from mtls.identity import format_serial
 from pki import authority, store
 from pki import cli as pki_cli
 from tests.clients import client_settings
@@ -92,7 +93,7 @@ def test_a_renewed_certificate_reaches_new_connections_while_the_pooled_one_fini
         f"client identity reloaded for new connections: cert={pki / 'homepage-chain.crt'} "
         "(CN=homepage.internal,OU=Services,O=Example, serial "
     )
-    assert f"{old:X} -> {new:X}" in reloaded
+    assert f"{format_serial(old)} -> {format_serial(new)}" in reloaded
 
 
 def test_requests_keep_succeeding_after_the_old_certificate_is_revoked(
@@ -150,7 +151,10 @@ def test_a_new_certificate_without_its_key_is_refused_once_and_the_old_pair_kept
         f"client identity files changed but cannot serve, not reloaded: {pki / 'homepage.key'} "
         f"does not match the certificate in {pki / 'homepage-chain.crt'} "
     )
-    assert f"keep presenting CN=homepage.internal,OU=Services,O=Example (serial {old:X})" in warning
+    assert (
+        f"keep presenting CN=homepage.internal,OU=Services,O=Example (serial {format_serial(old)})"
+        in warning
+    )
     assert str(pki / "root.crt") in warning  # every file that is watched is named
 
 

@@ -26,6 +26,7 @@ import pytest
 from cryptography import x509
 from prometheus_client.parser import text_string_to_metric_families
 
+from mtls.identity import format_serial
 from pki import cli as pki_cli
 from tests.clients import get
 from tests.servers import ECHO, Server, client_context, free_port, running, server_env
@@ -175,7 +176,7 @@ def test_the_master_reports_the_certificate_the_crl_and_every_reload(
             (
                 "mtls_server_cert_info",
                 (
-                    ("serial", f"{leaf.serial_number:X}"),
+                    ("serial", format_serial(leaf.serial_number)),
                     ("subject", "CN=userservice.internal,OU=Services,O=Example"),
                 ),
             )
@@ -206,7 +207,7 @@ def test_healthz_says_ok_on_both_listeners_with_the_facts(pki: Path, tmp_path: P
         status, body = scrape(server, "/healthz")
         on_metrics_port = json.loads(body)
         assert (status, on_metrics_port["status"]) == (200, "ok")
-        assert on_metrics_port["serial"] == f"{leaf.serial_number:X}"
+        assert on_metrics_port["serial"] == format_serial(leaf.serial_number)
         assert on_metrics_port["not_after"].startswith(f"{leaf.not_valid_after_utc:%Y-%m-%d}")
         assert on_metrics_port["crl_next_update"] is not None
         assert on_metrics_port["reload"]["result"] == "ok"
