@@ -123,7 +123,20 @@ def _current(server: Any) -> tuple[TlsState, ReloadStatus]:
 
 
 def on_reload(server: Any) -> None:
-    """SIGHUP (sent by the watcher, or by an operator): swap in a new state if it validates."""
+    """SIGHUP (from the watcher, for a set it validated, or from an operator): swap it in.
+
+    gunicorn replaces every worker on SIGHUP whatever this hook decides, so
+    the watcher sends one only for a set that loads and differs; an
+    operator's SIGHUP with a refused or unchanged set still recycles them.
+    """
+    new = _try_load(server)
+    if new is not None:
+        setattr(server, _STATE, new)
+        _log_state(server, new, "reloaded")
+
+
+def _try_load(server: Any) -> TlsState | None:
+    """The new state if the files load and differ from the one in use; None otherwise (logged)."""
     old: TlsState = getattr(server, _STATE)
     reloads: ReloadStatus = getattr(server, _RELOADS)
     try:
@@ -132,18 +145,27 @@ def on_reload(server: Any) -> None:
         message = _one_line(str(e))
         reloads.failed(time.time(), message)
         server.log.error("TLS reload refused, keeping the previous certificates: %s", message)
-        return
+        return None
     except Exception as e:  # a bug, not a bad file: the traceback, and the server stays up
         reloads.failed(time.time(), f"unexpected {type(e).__name__}: {e}")
         server.log.exception("TLS reload failed unexpectedly, keeping the previous certificates")
-        return
+        return None
     reloads.succeeded(time.time())
     if new.fingerprint == old.fingerprint and new.settings == old.settings:
         # Same files: keep the context, so outstanding session tickets stay valid.
         server.log.info("TLS files unchanged; keeping the current context")
-        return
-    setattr(server, _STATE, new)
-    _log_state(server, new, "reloaded")
+        return None
+    return new
+
+
+# The watcher loads files (OpenSSL, cryptography) in its own thread; a fork at
+# that moment would hand the worker OpenSSL's locks held, and it would hang as
+# a worker once did on an import lock. Every fork of this process waits for a
+# load in progress, and no load starts during a fork.
+_LOADING = threading.Lock()
+os.register_at_fork(
+    before=_LOADING.acquire, after_in_parent=_LOADING.release, after_in_child=_LOADING.release
+)
 
 
 def _one_line(message: str) -> str:
@@ -173,9 +195,10 @@ def _log_state(server: Any, state: TlsState, verb: str) -> None:
 def _watch(server: Any, interval: float) -> None:
     """The master's watcher thread: file changes -> reload; health -> warnings before the cliff.
 
-    Only os.stat and pure checks run here: validation and the new context
-    are built by the master's own thread in on_reload, so no OpenSSL lock
-    is ever held by this thread when the master forks. It never ends on an
+    A changed set is loaded here first, under _LOADING (no fork meanwhile),
+    and only one that loads and differs is announced with SIGHUP, so a
+    refused or merely touched set restarts no worker: whoever can write the
+    CRL file cannot recycle every worker with junk. It never ends on an
     exception (a watcher that died would leave rotations unnoticed without
     a word), and ends with the master (a daemon thread).
     """
@@ -188,7 +211,10 @@ def _watch(server: Any, interval: float) -> None:
                 current = files_fingerprint(getattr(server, _STATE).settings)
                 if current != last:
                     last = current
-                    os.kill(os.getpid(), signal.SIGHUP)
+                    with _LOADING:
+                        valid_and_new = _try_load(server) is not None
+                    if valid_and_new:
+                        os.kill(os.getpid(), signal.SIGHUP)
             health = assess(*_snapshot(server), datetime.datetime.now(datetime.UTC))
             now = time.monotonic()
             if (health.status, health.problems) != reported or (

@@ -168,6 +168,7 @@ def test_broken_crl_files_keep_the_master_up_and_the_old_state(server: Server, p
     # A junk CERTIFICATE block that only OpenSSL saw: it raised ssl.SSLError
     # in the master's reload, which took master and workers down.
     junk = b"-----BEGIN CERTIFICATE----- \nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n"
+    booted = server.log().count("Booting worker with pid")
     swap_in(crl_file, legit + junk)
     server.wait_for_log(REFUSED)
     assert whoami(server, homepage)["SSL_CLIENT_S_DN"] == HOMEPAGE_DN
@@ -178,10 +179,17 @@ def test_broken_crl_files_keep_the_master_up_and_the_old_state(server: Server, p
         f.write(newer[: len(newer) // 2])
     server.wait_for_log("crl.pem, line 1: a X509 CRL block with no END line")
     assert whoami(server, homepage)["SSL_CLIENT_S_DN"] == HOMEPAGE_DN
+    # Refused sets recycle no worker: whoever writes the CRL file cannot
+    # restart them all with junk (hostile review).
+    assert server.log().count("Booting worker with pid") == booted
     with crl_file.open("ab") as f:  # the writer finishes: the next reload takes it
         f.write(newer[len(newer) // 2 :])
     server.wait_for_log("mTLS reloaded")
     assert whoami(server, homepage)["SSL_CLIENT_S_DN"] == HOMEPAGE_DN
+    deadline = time.monotonic() + 20  # a real change does replace them
+    while server.log().count("Booting worker with pid") == booted and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert server.log().count("Booting worker with pid") > booted
 
 
 def test_an_older_crl_swapped_back_is_refused_and_the_revoked_stay_out(
