@@ -23,13 +23,14 @@ def get(
     *,
     session: ssl.SSLSession | None = None,
     suppress_ragged_eofs: bool = True,
+    timeout: float = 10.0,
 ) -> tuple[dict[str, str], ssl.SSLSession | None]:
     """GET ``path`` with ``ctx`` (resuming ``session``), expect a 200 with a JSON body.
 
     For the echo app (tests/echo_app.py) the body is the environ our worker
     built; the session is returned for a resumption on the next call.
     """
-    with socket.create_connection((server.host, server.port), timeout=10) as raw:
+    with socket.create_connection((server.host, server.port), timeout=timeout) as raw:
         with ctx.wrap_socket(
             raw,
             server_hostname="localhost",

@@ -25,6 +25,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from pki import authority
+from tests.clients import get
 from tests.pkifiles import load_issued, write_issued
 from tests.servers import ECHO, Server, client_context, running, server_env
 
@@ -43,20 +44,11 @@ def _raise_fd_limit(needed: int) -> None:
 
 def legit_request(
     server: Server, ctx: ssl.SSLContext, path: str = "/"
-) -> tuple[float, dict[str, object]]:
-    """One request on a new connection; returns (seconds taken, JSON body)."""
+) -> tuple[float, dict[str, str]]:
+    """One request on a new connection within CLIENT_TIMEOUT; returns (seconds taken, JSON body)."""
     start = time.monotonic()
-    with socket.create_connection((server.host, server.port), timeout=CLIENT_TIMEOUT) as raw:
-        with ctx.wrap_socket(raw, server_hostname="localhost") as tls:
-            tls.sendall(
-                f"GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".encode()
-            )
-            data = b""
-            while chunk := tls.recv(65536):
-                data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 200"), head
-    return time.monotonic() - start, json.loads(body)
+    body, _ = get(server, ctx, path, timeout=CLIENT_TIMEOUT)
+    return time.monotonic() - start, body
 
 
 @contextlib.contextmanager
