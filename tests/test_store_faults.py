@@ -28,6 +28,7 @@ from werkzeug.test import TestResponse
 
 from tests import postgres
 from tests.stores import run_sql, settings_for
+from userservice import pg_store
 from userservice.settings import SqliteDatabase
 from userservice.store import DEMO_USERS
 
@@ -149,3 +150,26 @@ def test_a_read_only_database_refuses_writes_with_503_serves_reads_and_recovers(
     assert statuses in ([201, 201], [503, 201])
     assert call(app, "GET", "/users/1").get_json()["name"] == "Ada Lovelace"
     assert_intact(database_url, len(DEMO_USERS) + statuses.count(201))
+
+
+@pytest.mark.parametrize(
+    ("message", "unreachable"),
+    [
+        # A database stopped while a worker booted (seen in CI): the network's doing.
+        (
+            'connection failed: connection to server at "127.0.0.1", port 48829 failed: server '
+            "closed the connection unexpectedly\n\tThis probably means the server terminated "
+            "abnormally\n\tbefore or while processing the request.\nSSL SYSCALL error: "
+            "Connection reset by peer",
+            True,
+        ),
+        ('connection to server at "127.0.0.1", port 5 failed: Connection refused', True),
+        ("connection to server failed: timeout expired", True),
+        # Refusals: the database will not take us, whenever we ask.
+        ("connection failed: SSL error: certificate verify failed", False),
+        ('server certificate for "db.internal" does not match host name "x"', False),
+        ("could not load private key file: No such file or directory", False),
+    ],
+)
+def test_an_outage_is_told_apart_from_a_refusal(message: str, unreachable: bool) -> None:
+    assert pg_store._unreachable(psycopg.OperationalError(message)) is unreachable

@@ -243,11 +243,29 @@ def _unreachable(exc: psycopg.Error) -> bool:
     A refusal by the server has a SQLSTATE (28000: certificate or role refused,
     3D000: no such database); a TLS failure (unknown CA, wrong host name,
     unreadable key) has none but names SSL or the certificate in libpq's message.
-    What is left is the network: refused, reset, timed out.
+    What is left is the network: refused, reset, timed out. A connection cut
+    mid-handshake says "SSL SYSCALL error: Connection reset by peer": the
+    network's doing, though it names SSL (seen: a database stopped while a
+    worker booted was taken for a refusal, and the service stopped).
     """
     if not isinstance(exc, psycopg.OperationalError):
         return False
     if exc.sqlstate is not None:
         return exc.sqlstate in _TRANSIENT_SQLSTATES
     message = str(exc).lower()
+    if any(sign in message for sign in _NETWORK_SIGNS):
+        return True
     return not any(word in message for word in ("ssl", "certificate", "private key"))
+
+
+# libpq's words for a connection the network (or a stopping server) cut.
+_NETWORK_SIGNS = (
+    "server closed the connection unexpectedly",
+    "ssl syscall error",
+    "connection reset",
+    "connection refused",
+    "eof detected",
+    "timeout expired",
+    "could not receive data",
+    "no route to host",
+)
