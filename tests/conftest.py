@@ -13,6 +13,7 @@ import pytest
 
 from pki import cli
 from tests import postgres
+from tests.pki_checks import Run
 from tests.stores import settings_for, store_of
 from userservice import create_app
 
@@ -84,3 +85,28 @@ def make_app(database_url: str) -> Iterator[Callable[..., flask.Flask]]:
     yield make
     for built in apps:
         store_of(built).close()
+
+
+@pytest.fixture
+def run(capsys: pytest.CaptureFixture[str]) -> Run:
+    """`pki ...` in-process: (exit status, stdout, stderr), with an empty environment."""
+
+    def run(*argv: str | Path, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+        code = cli.main([str(a) for a in argv], environ=env or {})
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+@pytest.fixture(scope="module")
+def ca_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("ca") / "ca"
+    assert cli.main(["init", "--dir", str(d)], environ={}) == 0
+    return d
+
+
+@pytest.fixture
+def ca(ca_template: Path, tmp_path: Path) -> Path:
+    """A fresh copy of an initialised CA (`pki init`), so tests may change it."""
+    return Path(shutil.copytree(ca_template, tmp_path / "ca"))

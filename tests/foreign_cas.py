@@ -14,12 +14,13 @@ import ipaddress
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from pki import authority, store
+from pki import authority
 from pki.authority import Issued
+from tests.pkifiles import write_issued
 
 Key = ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
 
@@ -50,18 +51,8 @@ def server_leaf_under(issuer: Issued) -> Issued:
 
 
 def write_server_files(directory: Path, issued: Issued) -> tuple[Path, Path]:
-    """NAME-chain.crt (leaf and intermediate, not the root) and the unencrypted 0600 key."""
-    chain, key = directory / "foreign-chain.crt", directory / "foreign.key"
-    chain.write_bytes(store.encode_certs([issued.cert, *issued.chain[:-1]]))
-    key.write_bytes(
-        issued.key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    key.chmod(0o600)
-    return chain, key
+    """foreign-chain.crt (leaf and intermediate, not the root) and the unencrypted 0600 key."""
+    return write_issued(directory, "foreign", Issued(issued.cert, issued.key, issued.chain[:-1]))
 
 
 def _digest(key: object) -> hashes.SHA256 | None:

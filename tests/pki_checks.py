@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import re
 import stat
+from collections.abc import Callable
 from pathlib import Path
+
+#: The `run` fixture (tests/conftest.py): argv -> (exit status, stdout, stderr).
+Run = Callable[..., tuple[int, str, str]]
 
 
 def snapshot(d: Path) -> dict[str, tuple[int, bytes]]:

@@ -11,7 +11,6 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -19,37 +18,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import pkcs12
 
 from mtls.identity import format_serial, format_time
-from pki import authority, cli, store
+from pki import authority, store
 from pki.authority import Issued
 from pki.errors import StoreError
-from tests.pki_checks import mode, refused, snapshot
+from tests.pki_checks import Run, mode, refused, snapshot
 
 NOW = datetime.datetime.now(datetime.UTC)
 DAY = datetime.timedelta(days=1)
-Run = Callable[..., tuple[int, str, str]]
-
-
-@pytest.fixture
-def run(capsys: pytest.CaptureFixture[str]) -> Run:
-    def run(*argv: str | Path, env: dict[str, str] | None = None) -> tuple[int, str, str]:
-        code = cli.main([str(a) for a in argv], environ=env or {})
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
-
-
-@pytest.fixture(scope="module")
-def ca_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("ca") / "ca"
-    assert cli.main(["init", "--dir", str(d)], environ={}) == 0
-    return d
-
-
-@pytest.fixture
-def ca(ca_template: Path, tmp_path: Path) -> Path:
-    """A fresh copy of an initialised CA, so tests may change it."""
-    return Path(shutil.copytree(ca_template, tmp_path / "ca"))
 
 
 def load(d: Path, name: str) -> Issued:

@@ -26,34 +26,11 @@ from cryptography.x509.oid import NameOID
 from mtls.identity import format_serial
 from pki import cli, directory, lifecycle, listing, store
 from pki.lifetime import format_duration, parse_duration
-from tests.pki_checks import mode, refused, snapshot
+from tests.pki_checks import Run, mode, refused, snapshot
 
-Run = Callable[..., tuple[int, str, str]]
 CsrKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
 MINUTE = datetime.timedelta(minutes=1)
 SKEW = datetime.timedelta(minutes=5)
-
-
-@pytest.fixture
-def run(capsys: pytest.CaptureFixture[str]) -> Run:
-    def run(*argv: str | Path, env: dict[str, str] | None = None) -> tuple[int, str, str]:
-        code = cli.main([str(a) for a in argv], environ=env or {})
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
-
-
-@pytest.fixture(scope="module")
-def ca_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("ca") / "ca"
-    assert cli.main(["init", "--dir", str(d)], environ={}) == 0
-    return d
-
-
-@pytest.fixture
-def ca(ca_template: Path, tmp_path: Path) -> Path:
-    return Path(shutil.copytree(ca_template, tmp_path / "ca"))
 
 
 def make_csr(
