@@ -231,12 +231,12 @@ class Server:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def wait_for_log(self, needle: str, timeout: float = 10.0) -> str:
-        """The log once it holds ``needle`` (polled); AssertionError with the log if never."""
+    def wait_for_log(self, needle: str, timeout: float = 10.0, *, count: int = 1) -> str:
+        """The log once it holds ``needle`` ``count`` times (polled); AssertionError if never."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             text = self.log()
-            if needle in text:
+            if text.count(needle) >= count:
                 return text
             time.sleep(POLL_INTERVAL)
         raise AssertionError(f"{needle!r} not in the server log within {timeout}s:\n{self.log()}")

@@ -2,8 +2,19 @@
 
 mtls.gunicorn_conf assigns these; they are the only glue between gunicorn's
 process model and mtls.serverstate. The state is built before the first fork
-(one session-ticket key for all workers) and rebuilt on SIGHUP or when the
-files change; a state that does not validate never replaces a good one.
+(with the listener context whose session-ticket key every worker shares,
+mtls.tls.ListenerContexts) and rebuilt when the files change or on SIGHUP;
+a state that does not validate never replaces a good one.
+
+Two ways a new state reaches the workers:
+- the files changed (the watcher): the master validates them and hands
+  the same bytes to the running workers (mtls.statechannel), which swap
+  them in for new connections. No worker restarts, the app is not
+  imported again, session tickets stay valid. Only what
+  mtls.serverstate.needs_new_workers names (a changed trust bundle) takes
+  new workers instead, by SIGHUP.
+- SIGHUP (an operator, `systemctl reload`): gunicorn's full reload, new
+  workers that import the app again, with whatever files are valid then.
 
 Nothing raised while loading may reach gunicorn's arbiter: there it is
 "Unhandled exception in main loop" and the master exits with its workers.
@@ -29,11 +40,22 @@ from mtls import metrics
 from mtls.errors import MtlsError
 from mtls.health import Status, assess
 from mtls.reloadstatus import ReloadStatus
-from mtls.serverstate import TlsState, files_fingerprint, load_tls_state
+from mtls.serverstate import (
+    FileSet,
+    TlsState,
+    files_fingerprint,
+    load_tls_state,
+    needs_new_workers,
+    read_files,
+)
 from mtls.settings import ServerSettings
+from mtls.statechannel import StateChannel, TooLarge
+from mtls.tls import ListenerContexts
 from mtls.worker import MtlsWorker
 
 _STATE = "mtls_state"
+_LISTENER = "mtls_listener"
+_CHANNEL = "mtls_channel"
 _RELOADS = "mtls_reloads"
 _METRICS = "mtls_metrics_server"
 _METRICS_DIR = "mtls_metrics_dir"
@@ -68,6 +90,8 @@ def on_starting(server: Any) -> None:
         ) from None
     _log_state(server, state, "loaded")
     setattr(server, _STATE, state)
+    setattr(server, _LISTENER, ListenerContexts(state.settings, state.context))
+    setattr(server, _CHANNEL, StateChannel())
     setattr(server, _RELOADS, ReloadStatus(time.time()))
     bind = state.settings.metrics_bind
     if bind is not None:
@@ -97,7 +121,11 @@ def when_ready(server: Any) -> None:
 
 
 def pre_fork(server: Any, worker: Any) -> None:
+    channel: StateChannel = getattr(server, _CHANNEL)
     worker.tls_state = getattr(server, _STATE)
+    worker.listener = getattr(server, _LISTENER)
+    worker.channel = channel
+    worker.generation = channel.generation  # what the state above already holds
     worker.reload_status = getattr(server, _RELOADS)
 
 
@@ -123,24 +151,65 @@ def _current(server: Any) -> tuple[TlsState, ReloadStatus]:
 
 
 def on_reload(server: Any) -> None:
-    """SIGHUP (from the watcher, for a set it validated, or from an operator): swap it in.
+    """SIGHUP: gunicorn's new workers get the files valid now, or keep the old state.
 
-    gunicorn replaces every worker on SIGHUP whatever this hook decides, so
-    the watcher sends one only for a set that loads and differs; an
-    operator's SIGHUP with a refused or unchanged set still recycles them.
+    gunicorn replaces every worker on SIGHUP whatever this hook decides (the
+    watcher sends one only for a change that needs new workers). The new
+    workers keep the listener context, and so every session ticket, unless
+    the change is one that must end old sessions (needs_new_workers).
     """
-    new = _try_load(server)
-    if new is not None:
-        setattr(server, _STATE, new)
-        _log_state(server, new, "reloaded")
+    loaded = _try_load(server)
+    if loaded is None:
+        return
+    new, _ = loaded
+    old: TlsState = getattr(server, _STATE)
+    if needs_new_workers(old, new) is None:
+        getattr(server, _LISTENER).current = new.context
+    else:
+        setattr(server, _LISTENER, ListenerContexts(new.settings, new.context))
+    setattr(server, _STATE, new)
+    _log_state(server, new, "reloaded")
 
 
-def _try_load(server: Any) -> TlsState | None:
-    """The new state if the files load and differ from the one in use; None otherwise (logged)."""
+def _reload_running_workers(server: Any) -> None:
+    """The watcher saw the files change: swap a valid new set into the running workers.
+
+    Called under _LOADING. The state is published to the workers
+    (mtls.statechannel) and becomes the master's, for workers forked later;
+    a change that needs new workers is left to SIGHUP (on_reload loads it
+    again there, with whatever the files hold by then).
+    """
+    loaded = _try_load(server)
+    if loaded is None:
+        return
+    new, files = loaded
+    old: TlsState = getattr(server, _STATE)
+    why = needs_new_workers(old, new)
+    if why is None:
+        try:
+            generation = getattr(server, _CHANNEL).publish(files.ordered(new.settings))
+        except TooLarge as e:
+            why = str(e)
+        else:
+            getattr(server, _LISTENER).current = new.context
+            setattr(server, _STATE, new)
+            _log_state(server, new, f"reloaded in place (generation {generation})")
+            return
+    server.log.info("mTLS: replacing the workers for the new TLS files: %s", why)
+    os.kill(os.getpid(), signal.SIGHUP)
+
+
+def _try_load(server: Any) -> tuple[TlsState, FileSet] | None:
+    """The new state (and its bytes) if the files load and differ from the state in use.
+
+    None otherwise, logged, and recorded for /healthz and the metrics.
+    """
     old: TlsState = getattr(server, _STATE)
     reloads: ReloadStatus = getattr(server, _RELOADS)
     try:
-        new = load_tls_state(ServerSettings.from_env(), previous=old)
+        settings = ServerSettings.from_env()
+        files = read_files(settings)
+        new = load_tls_state(settings, previous=old, files=files)
     except MtlsError as e:
         message = _one_line(str(e))
         reloads.failed(time.time(), message)
@@ -155,7 +224,7 @@ def _try_load(server: Any) -> TlsState | None:
         # Same files: keep the context, so outstanding session tickets stay valid.
         server.log.info("TLS files unchanged; keeping the current context")
         return None
-    return new
+    return new, files
 
 
 # The watcher loads files (OpenSSL, cryptography) in its own thread; a fork at
@@ -195,10 +264,10 @@ def _log_state(server: Any, state: TlsState, verb: str) -> None:
 def _watch(server: Any, interval: float) -> None:
     """The master's watcher thread: file changes -> reload; health -> warnings before the cliff.
 
-    A changed set is loaded here first, under _LOADING (no fork meanwhile),
-    and only one that loads and differs is announced with SIGHUP, so a
-    refused or merely touched set restarts no worker: whoever can write the
-    CRL file cannot recycle every worker with junk. It never ends on an
+    A changed set is loaded here first, under _LOADING (no fork meanwhile);
+    one that loads and differs is swapped into the running workers, and a
+    refused or merely touched set changes nothing: whoever can write the CRL
+    file cannot recycle every worker with junk. It never ends on an
     exception (a watcher that died would leave rotations unnoticed without
     a word), and ends with the master (a daemon thread).
     """
@@ -212,9 +281,7 @@ def _watch(server: Any, interval: float) -> None:
                 if current != last:
                     last = current
                     with _LOADING:
-                        valid_and_new = _try_load(server) is not None
-                    if valid_and_new:
-                        os.kill(os.getpid(), signal.SIGHUP)
+                        _reload_running_workers(server)
             health = assess(*_snapshot(server), datetime.datetime.now(datetime.UTC))
             now = time.monotonic()
             if (health.status, health.problems) != reported or (

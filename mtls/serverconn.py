@@ -115,6 +115,9 @@ class MtlsConn(TConn):  # type: ignore[misc]
         self.peer: PeerIdentity | None = None
         self.cert: Any = None
         self.close_after_response = False
+        # The serial of the certificate this connection's handshake presented
+        # (None: a context swapped during it); mtls.worker closes it once that changes.
+        self.server_serial: int | None = None
         self.requests_served = 0
         self.linger: Lingerer | None = None
 

@@ -3,10 +3,13 @@
 The guide's ``validateCerts`` (mtls.validation), then the context's options
 (mtls.tls) and what is loaded into it.
 
-Built once in the gunicorn master and inherited by the forked workers, so
-they share one session-ticket key (resumption works across workers) and no
+Built once in the gunicorn master and inherited by the forked workers; no
 file is read on the connection path. Reloading builds a whole new state off
-to the side; only a state that validates replaces the old one.
+to the side; only a state that validates replaces the old one. The master
+reads and validates a changed set and hands the same bytes to the running
+workers (mtls.statechannel), which build the state again from them and
+swap it in; only a change that :func:`needs_new_workers` names replaces
+the workers instead.
 
 OpenSSL never reads the operator's files: each is read once, parsed and
 checked (mtls.validation), and the context is built from those objects
@@ -24,6 +27,7 @@ import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -63,6 +67,8 @@ class TlsState:
     # but who sent no intermediate sent an incomplete chain (mtls.failures).
     known_issuers: frozenset[x509.Name] = field(default=frozenset())
     subject_dn: str = ""
+    # The trust anchors (DER) from MTLS_CA_CERTS: see needs_new_workers.
+    trust: frozenset[bytes] = field(default=frozenset())
 
     def refuse_peer(
         self, cert: x509.Certificate, now: datetime.datetime, *, what: str
@@ -87,11 +93,67 @@ class TlsState:
         return None
 
 
+def needs_new_workers(old: TlsState, new: TlsState) -> str | None:
+    """Why ``new`` cannot be swapped into running workers, or None when it can.
+
+    A running worker keeps its session-ticket key across a swap
+    (mtls.tls.ListenerContexts), and a resumed session is not verified
+    again by OpenSSL: it was verified against the trust anchors of its
+    first handshake. Our re-check (TlsState.refuse_peer) covers expiry,
+    revocation and a stale CRL, not the anchors. So a trust bundle that
+    changed in any way (a root removed, most of all) takes new workers,
+    whose new context has a new ticket key: every old session ends with
+    them. The settings fix the verify mode and flags that a swap cannot
+    change (OpenSSL copies them per connection from the listener context).
+    Certificate, key and CRL changes, the frequent ones, swap in place.
+    """
+    if new.settings != old.settings:
+        return "the settings changed"
+    if new.trust != old.trust:
+        return (
+            f"{new.settings.ca_certs} changed: sessions verified against the old trust "
+            "bundle must not resume, so the workers and their session-ticket key are replaced"
+        )
+    return None
+
+
+class FileSet(NamedTuple):
+    """The bytes of a set of files as read once, and what could not be read (with its variable)."""
+
+    raw: dict[Path, bytes]
+    problems: list[str]
+
+    def ordered(self, settings: ServerSettings) -> tuple[bytes, ...]:
+        """The bytes in ``settings.files`` order (mtls.statechannel carries them so)."""
+        return tuple(self.raw[path] for path in settings.files)
+
+    @classmethod
+    def from_ordered(cls, settings: ServerSettings, files: tuple[bytes, ...]) -> FileSet:
+        return cls(dict(zip(settings.files, files, strict=True)), [])
+
+
+def read_files(settings: ServerSettings) -> FileSet:
+    """Every file of ``settings`` read once: OpenSSL is only ever given these bytes."""
+    raw: dict[Path, bytes] = {}
+    problems: list[str] = []
+    for path in settings.files:
+        try:
+            raw[path] = path.read_bytes()
+        except FileNotFoundError:
+            problems.append(f"{path}: no such file ({variable_for(settings, path)})")
+        except OSError as e:
+            problems.append(
+                f"{path}: cannot be read: {e.strerror} ({variable_for(settings, path)})"
+            )
+    return FileSet(raw, problems)
+
+
 def load_tls_state(
     settings: ServerSettings,
     now: datetime.datetime | None = None,
     *,
     previous: TlsState | None = None,
+    files: FileSet | None = None,
 ) -> TlsState:
     """Validate every file, then build the context; raise once with every problem found.
 
@@ -100,8 +162,11 @@ def load_tls_state(
     is retried: the context is built from the bytes validated here, so a
     rotation in progress can only fail validation (the watcher sees the next
     change and reloads again), never slip unchecked bytes into OpenSSL.
+    ``files`` is those bytes already read (:func:`read_files`, or what the
+    master handed a worker): they are validated here all the same.
     """
-    checked, digest = _read_and_check(settings, now or datetime.datetime.now(datetime.UTC))
+    raw, problems = files if files is not None else read_files(settings)
+    checked, digest = _check(settings, raw, problems, now or datetime.datetime.now(datetime.UTC))
     crls = tuple(crl_info(c) for c in checked.crls)
     if previous is not None and settings.crlfile is not None:
         _refuse(refuse_older_crls(settings.crlfile, previous.crls, crls), settings)
@@ -120,17 +185,23 @@ def load_tls_state(
         crl_last_update=soonest.last_update_utc if soonest is not None else None,
         known_issuers=frozenset(c.subject for c in [*checked.chain[1:], *checked.bundle]),
         subject_dn=format_dn(checked.chain[0].subject),
+        trust=frozenset(c.public_bytes(_DER) for c in checked.bundle),
         fingerprint=digest,
         warnings=tuple(checked.warnings),
         crls=crls,
     )
 
 
-def _read_and_check(settings: ServerSettings, now: datetime.datetime) -> tuple[CheckedFiles, str]:
-    raw, digest, problems = _read(settings)
+def _check(
+    settings: ServerSettings, raw: dict[Path, bytes], problems: list[str], now: datetime.datetime
+) -> tuple[CheckedFiles, str]:
     checked = check_files(settings, raw, now)
     _refuse(problems + checked.problems, settings)
-    return checked, digest
+    digest = hashlib.sha256()
+    for path in settings.files:  # length-prefixed: no two sets of files hash alike
+        data = raw.get(path, b"")
+        digest.update(len(data).to_bytes(8, "big") + data)
+    return checked, digest.hexdigest()
 
 
 def _refuse(problems: list[str], settings: ServerSettings) -> None:
@@ -139,24 +210,6 @@ def _refuse(problems: list[str], settings: ServerSettings) -> None:
             "the server's TLS files cannot be used:\n  - " + "\n  - ".join(problems),
             files=[p for p in settings.files if any(str(p) in problem for problem in problems)],
         )
-
-
-def _read(settings: ServerSettings) -> tuple[dict[Path, bytes], str, list[str]]:
-    raw: dict[Path, bytes] = {}
-    problems: list[str] = []
-    digest = hashlib.sha256()
-    for path in settings.files:
-        try:
-            raw[path] = path.read_bytes()
-        except FileNotFoundError:
-            problems.append(f"{path}: no such file ({variable_for(settings, path)})")
-        except OSError as e:
-            problems.append(
-                f"{path}: cannot be read: {e.strerror} ({variable_for(settings, path)})"
-            )
-        else:
-            digest.update(raw[path])
-    return raw, digest.hexdigest(), problems
 
 
 def build_server_context(
@@ -168,7 +221,8 @@ def build_server_context(
     files are read and checked here first (raising CertificateFileError).
     """
     if files is None:
-        files, _ = _read_and_check(settings, datetime.datetime.now(datetime.UTC))
+        raw, problems = read_files(settings)
+        files, _ = _check(settings, raw, problems, datetime.datetime.now(datetime.UTC))
     _refuse(files.problems, settings)
     if files.key is None or not files.chain:  # check_files says why as a problem
         raise CertificateFileError(f"{settings.certfile}, {settings.keyfile}: nothing usable")

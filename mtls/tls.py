@@ -27,7 +27,9 @@ Option by option, server (listener) / client (session), and why:
   that any server profile finds one.
 - ALPN: http/1.1 / left to urllib3 (it offers http/1.1): the worker speaks
   HTTP/1.1 only, so a client offering h2 must not get it.
-- SNI: read by a callback for SSL_TLS_SNI / sent (the hostname).
+- SNI: read by a callback for SSL_TLS_SNI / sent (the hostname). On the
+  server that callback also moves each handshake onto the current context
+  (ListenerContexts below: certificate rotation without new workers).
 - the peer's Certificate message: kept by a message callback for the
   refusal's diagnosis (mtls.failures) / not kept.
 """
@@ -38,6 +40,39 @@ import ssl
 from typing import Any
 
 from mtls.settings import ServerSettings
+
+
+class ListenerContexts:
+    """The context every connection starts on, and the one each handshake moves to.
+
+    Certificates rotate under running workers (mtls.worker follows the
+    master's reloads), but a worker that wrapped new sockets in a context of
+    its own making would issue session tickets under a key of its own: no
+    client could resume on another worker, nor on this one with a ticket
+    from before. So every socket is wrapped in ``session``, built once in
+    the master before the first fork: its ticket key (OpenSSL keeps it in
+    the SSL's ``session_ctx``, which SSL_set_SSL_CTX leaves alone) is shared
+    by every worker for the master's life. The SNI callback, which OpenSSL
+    calls for every ClientHello, with or without a server_name (RFC 6066
+    section 3; ``final_server_name`` runs either way), then moves the
+    handshake to ``current``: its certificate, key and trust store (with
+    its CRLs) are the ones used, from the ClientHello on.
+
+    ``session`` itself holds no certificate and no trust anchor: a handshake
+    the callback did not move fails ("no shared cipher"), it cannot fall
+    back to stale credentials. Verification flags and the verify mode stay
+    those of ``session`` (OpenSSL copies them at SSL_new): the settings,
+    which do not change without new workers (mtls.serverstate.needs_new_workers).
+    """
+
+    def __init__(self, settings: ServerSettings, current: ssl.SSLContext) -> None:
+        self.session = new_server_context(settings)
+        self.session.sni_callback = self._switch
+        self.current = current
+
+    def _switch(self, sslobj: Any, name: str | None, _ctx: ssl.SSLContext) -> None:
+        sslobj.mtls_sni = name  # Python exposes the SNI only here (for SSL_TLS_SNI)
+        sslobj.context = self.current
 
 
 def new_server_context(settings: ServerSettings) -> ssl.SSLContext:

@@ -38,17 +38,25 @@ from gunicorn import http
 from gunicorn.workers.gthread import STOP_KEEPALIVE_LINGER, ThreadWorker
 
 from mtls.admission import WaitingSet
-from mtls.errors import ConfigError
+from mtls.errors import ConfigError, MtlsError
 from mtls.failures import Refusal, describe_handshake_error, parse_certificate_message
 from mtls.health import RELOADS_ENVIRON_KEY, STATE_ENVIRON_KEY
-from mtls.identity import PEER_ENVIRON_KEY, PeerIdentity, build_tls_environ, peer_from_der
+from mtls.identity import (
+    PEER_ENVIRON_KEY,
+    PeerIdentity,
+    build_tls_environ,
+    format_serial,
+    peer_from_der,
+)
 from mtls.linger import Lingerer
 from mtls.metrics import NO_METRICS, Metrics, worker_metrics
 from mtls.proxyphase import ProxyHeaderReader, Refuse, Step, Wait, refuse_unexpected_header
 from mtls.reloadstatus import ReloadStatus
 from mtls.requesthead import BUFFERED_BODY, MAX_PIECES, RequestBuffer, head_limit
 from mtls.serverconn import BoundedSSLSocket, MtlsConn, format_addr
-from mtls.serverstate import TlsState
+from mtls.serverstate import FileSet, TlsState, load_tls_state
+from mtls.statechannel import StateChannel
+from mtls.tls import ListenerContexts
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
@@ -65,9 +73,14 @@ class MtlsWorker(ThreadWorker):  # type: ignore[misc]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        # Handed over by the master in the pre_fork hook (mtls.hooks): one
-        # context for all workers, built and validated before the fork.
+        # Handed over by the master in the pre_fork hook (mtls.hooks): the
+        # state built and validated before the fork, the listener context
+        # every socket is wrapped in (one session-ticket key for all workers),
+        # and the channel later states arrive on (mtls.statechannel).
         self.tls_state: TlsState | None = None
+        self.listener: ListenerContexts | None = None
+        self.channel: StateChannel | None = None
+        self.generation = 0
         # Connections in PROXY/TLS, and handshaken ones waiting for a request:
         # bounded, dropping their oldest (mtls.admission); sized in init_process.
         self.handshaking: WaitingSet[MtlsConn] = WaitingSet(1, worth=_handshake_worth)
@@ -94,14 +107,20 @@ class MtlsWorker(ThreadWorker):  # type: ignore[misc]
             raise ConfigError("mtls.worker.MtlsWorker has no TLS state")
         return self.tls_state
 
+    @property
+    def contexts(self) -> ListenerContexts:
+        if self.listener is None:  # init_process refuses to start without it
+            raise ConfigError("mtls.worker.MtlsWorker has no listener context")
+        return self.listener
+
     # -- start-up (main thread, once) --------------------------------------
 
     def init_process(self) -> None:
-        if self.tls_state is None:
+        if self.tls_state is None or self.listener is None:
             raise ConfigError(
                 "mtls.worker.MtlsWorker got no TLS state from the master: start gunicorn with `gunicorn -c python:mtls.gunicorn_conf yourapp:app` (or a config file that begins `from mtls.gunicorn_conf import *`), not with -k alone: its hooks build the TLS context and its certfile/keyfile make wsgi.url_scheme https"  # noqa: E501
             )
-        self.tls_state.context.sslsocket_class = BoundedSSLSocket
+        self.listener.session.sslsocket_class = BoundedSSLSocket
         self.handshaking.limit = self.tls_state.settings.max_handshakes
         self.idle.limit = self.worker_connections
         self._head_limit = head_limit(self.cfg)
@@ -115,14 +134,15 @@ class MtlsWorker(ThreadWorker):  # type: ignore[misc]
 
     def _with_identity(self, app: WSGIApp) -> WSGIApp:
         local = self._local
-        state, reloads = self.state, self.reload_status
+        reloads = self.reload_status
 
         def mtls_identity(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
             conn: MtlsConn = local.conn
             environ.update(conn.tls_environ)
             environ[PEER_ENVIRON_KEY] = conn.peer
-            # For the app's /healthz (mtls.health.from_environ).
-            environ[STATE_ENVIRON_KEY] = state
+            # For the app's /healthz (mtls.health.from_environ): the state
+            # in use now, which a reload swaps (_follow_reloads).
+            environ[STATE_ENVIRON_KEY] = self.tls_state
             environ[RELOADS_ENVIRON_KEY] = reloads
             return app(environ, start_response)
 
@@ -233,7 +253,9 @@ class MtlsWorker(ThreadWorker):  # type: ignore[misc]
     # -- TLS handshake (main thread) ------------------------------------------
 
     def _start_tls(self, conn: MtlsConn) -> None:
-        conn.sock = self.state.context.wrap_socket(
+        # The listener context; its SNI callback moves the handshake to the
+        # current state's context (mtls.tls.ListenerContexts).
+        conn.sock = self.contexts.session.wrap_socket(
             conn.raw,
             server_side=True,
             do_handshake_on_connect=False,
@@ -301,6 +323,11 @@ class MtlsWorker(ThreadWorker):  # type: ignore[misc]
         self.metrics.handshake("accepted", "none", time.monotonic() - conn.accepted_at)
         if resumed:
             self.metrics.resumed()
+        # Which certificate this connection was served: a later swap ends it
+        # after its next response (_hand_over). A context other than the
+        # current one means a swap during this handshake: treat it as older.
+        current = sock.context is self.state.context
+        conn.server_serial = self.state.leaf.serial_number if current else None
         cipher = sock.cipher()
         conn.tls_environ = build_tls_environ(
             protocol=sock.version() or "",
@@ -375,7 +402,13 @@ class MtlsWorker(ThreadWorker):  # type: ignore[misc]
             if refusal:
                 return self._refuse(conn, refusal)
         age = time.monotonic() - conn.accepted_at
-        conn.close_after_response = age >= self.state.settings.max_connection_age
+        # Past MTLS_MAX_CONNECTION_AGE, or served a certificate that has been
+        # replaced since: this response says "Connection: close", so no
+        # connection outlives the certificate it was opened with.
+        conn.close_after_response = (
+            age >= self.state.settings.max_connection_age
+            or conn.server_serial != self.state.leaf.serial_number
+        )
         self._buffered -= len(conn.head)
         conn.parser.unreader.unread(conn.head.take())
         if isinstance(conn.sock, BoundedSSLSocket):
@@ -472,8 +505,56 @@ class MtlsWorker(ThreadWorker):  # type: ignore[misc]
             self._accept_paused_until = now + 0.2
             super().set_accept_enabled(False)
 
+    # -- reloads (main thread) -------------------------------------------------
+
+    def _follow_reloads(self) -> None:
+        """Swap in the state the master published since (mtls.statechannel), if it validates.
+
+        Built from the master's bytes, validated again here (a few ms on the
+        event loop, once per rotation). New handshakes get it at their
+        ClientHello; requests on open connections are judged against it
+        (revocation, a stale CRL) at once; a connection served the old
+        certificate closes after its next response. A set this worker
+        refuses (it should not: the master accepted the same bytes) keeps
+        the old state, with an error in the log.
+        """
+        channel = self.channel
+        if channel is None or channel.generation == self.generation:
+            return
+        published = channel.read()
+        if published is None:
+            return  # being written right now: the next second
+        self.generation, files = published
+        old = self.state
+        try:
+            new = load_tls_state(
+                old.settings, previous=old, files=FileSet.from_ordered(old.settings, files)
+            )
+        except (MtlsError, ValueError) as e:
+            self.log.error(
+                "mTLS worker %s: the reloaded TLS files (generation %d) were refused here, "
+                "keeping the previous ones: %s",
+                self.pid,
+                self.generation,
+                " | ".join(line.strip() for line in str(e).splitlines()),
+            )
+            return
+        if new.fingerprint == old.fingerprint:
+            return
+        self.tls_state = new
+        self.contexts.current = new.context
+        self.log.info(
+            "mTLS worker %s: new connections get cert serial %s (%s, until %s), generation %d",
+            self.pid,
+            format_serial(new.leaf.serial_number),
+            new.subject_dn,
+            f"{new.leaf.not_valid_after_utc:%Y-%m-%d %H:%M:%S} UTC",
+            self.generation,
+        )
+
     def murder_pending(self) -> None:
-        """Once a second: close whatever is past its phase's deadline."""
+        """Every turn of the event loop (once a second at least): reloads, deadlines."""
+        self._follow_reloads()
         super().murder_pending()
         now = time.monotonic()
         settings = self.state.settings

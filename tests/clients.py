@@ -5,6 +5,7 @@ Shared by the end-to-end and client tests, so that no test module imports anothe
 
 from __future__ import annotations
 
+import http.client
 import json
 import socket
 import ssl
@@ -67,3 +68,24 @@ def presented_serial(server: Server, ctx: ssl.SSLContext) -> int:
             der = tls.getpeercert(binary_form=True)
             assert der is not None
             return x509.load_der_x509_certificate(der).serial_number
+
+
+#: The servers' certificates name "localhost", not 127.0.0.1.
+SERVER_NAME = "localhost"
+
+
+class LoopbackHTTPS(http.client.HTTPSConnection):
+    """http.client to a test server on 127.0.0.1, checking its certificate for "localhost".
+
+    HTTPSConnection would resolve "localhost" itself (maybe to ::1, where
+    nothing listens); this one connects to the server's own address.
+    """
+
+    def __init__(self, server: Server, ctx: ssl.SSLContext, timeout: float = 10.0) -> None:
+        super().__init__(SERVER_NAME, server.port, context=ctx, timeout=timeout)
+        self.address = (server.host, server.port)
+        self.tls_context = ctx
+
+    def connect(self) -> None:
+        raw = socket.create_connection(self.address, self.timeout)
+        self.sock = self.tls_context.wrap_socket(raw, server_hostname=SERVER_NAME)

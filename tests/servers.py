@@ -35,6 +35,7 @@ __all__ = [
     "server_env",
     "start_gunicorn",
     "wait_until_ready",
+    "worker_pids",
 ]
 
 
@@ -124,3 +125,22 @@ def running(
             yield server
     except runner.NotAnswering as exc:
         raise AssertionError(str(exc)) from None
+
+
+def worker_pids(master: int) -> set[int]:
+    """The live children of ``master`` (gunicorn's workers), from /proc/PID/stat (proc(5)).
+
+    Zombies (a killed worker the arbiter has not reaped yet) are left out.
+    """
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # exited while we looked
+        state, ppid = stat.rpartition(")")[2].split()[:2]
+        if int(ppid) == master and state != "Z":
+            found.add(int(entry.name))
+    return found

@@ -23,7 +23,6 @@ import http.client
 import json
 import os
 import signal
-import socket
 import ssl
 import threading
 import time
@@ -34,29 +33,17 @@ from pathlib import Path
 import pytest
 
 from devserver.services import service_envs
-from tests.clients import get
+from tests.clients import LoopbackHTTPS, get
 from tests.echo_app import slow_request_started
-from tests.servers import ECHO, Server, client_context, free_port, running, server_env
-
-#: The servers' certificates name "localhost", not 127.0.0.1.
-SERVER_NAME = "localhost"
-
-
-class LoopbackHTTPS(http.client.HTTPSConnection):
-    """http.client to a test server on 127.0.0.1, checking its certificate for "localhost".
-
-    HTTPSConnection would resolve "localhost" itself (maybe to ::1, where
-    nothing listens); this one connects to the server's own address.
-    """
-
-    def __init__(self, server: Server, ctx: ssl.SSLContext, timeout: float = 10.0) -> None:
-        super().__init__(SERVER_NAME, server.port, context=ctx, timeout=timeout)
-        self.address = (server.host, server.port)
-        self.tls_context = ctx
-
-    def connect(self) -> None:
-        raw = socket.create_connection(self.address, self.timeout)
-        self.sock = self.tls_context.wrap_socket(raw, server_hostname=SERVER_NAME)
+from tests.servers import (
+    ECHO,
+    Server,
+    client_context,
+    free_port,
+    running,
+    server_env,
+    worker_pids,
+)
 
 
 def fetch(
@@ -67,25 +54,6 @@ def fetch(
     response = conn.getresponse()
     body = response.read()
     return response.status, body, response.will_close
-
-
-def worker_pids(master: int) -> set[int]:
-    """The live children of ``master`` (gunicorn's workers), from /proc/PID/stat (proc(5)).
-
-    Zombies (a killed worker the arbiter has not reaped yet) are left out.
-    """
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue  # exited while we looked
-        state, ppid = stat.rpartition(")")[2].split()[:2]
-        if int(ppid) == master and state != "Z":
-            found.add(int(entry.name))
-    return found
 
 
 def wait_for_workers(

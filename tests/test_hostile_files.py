@@ -184,12 +184,11 @@ def test_broken_crl_files_keep_the_master_up_and_the_old_state(server: Server, p
     assert server.log().count("Booting worker with pid") == booted
     with crl_file.open("ab") as f:  # the writer finishes: the next reload takes it
         f.write(newer[len(newer) // 2 :])
-    server.wait_for_log("mTLS reloaded")
+    server.wait_for_log("mTLS reloaded in place")
+    server.wait_for_log("new connections get cert serial")  # the worker swapped it in
     assert whoami(server, homepage)["SSL_CLIENT_S_DN"] == HOMEPAGE_DN
-    deadline = time.monotonic() + 20  # a real change does replace them
-    while server.log().count("Booting worker with pid") == booted and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert server.log().count("Booting worker with pid") > booted
+    # A real change restarts no worker either: it is swapped into the running one.
+    assert server.log().count("Booting worker with pid") == booted
 
 
 def test_an_older_crl_swapped_back_is_refused_and_the_revoked_stay_out(
