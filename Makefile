@@ -48,10 +48,12 @@ $(BENCH_STAMP): $(STAMP)
 
 # Side-by-side server CPU per operation (issue 13): ours, stock gunicorn,
 # plain HTTP and nginx; writes bench/RESULTS.md, bench/results.png and
-# bench/results.jsonl. BENCH_ARGS=--quick: a 30 s smoke run into var/bench-quick/.
+# bench/results.jsonl; then certificate rotation under load (bench/rotation.py,
+# bench/ROTATION.md). BENCH_ARGS=--quick: a 30 s smoke run into var/bench-quick/.
 bench: $(BENCH_STAMP)
 	@tools/ensure-tools openssl taskset nginx
 	$(BIN)/python -m bench $(BENCH_ARGS)
+	$(BIN)/python -m bench.rotation $(if $(findstring --quick,$(BENCH_ARGS)),--seconds 4 --out var/bench-quick)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

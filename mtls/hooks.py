@@ -264,14 +264,19 @@ def _log_state(server: Any, state: TlsState, verb: str) -> None:
 def _watch(server: Any, interval: float) -> None:
     """The master's watcher thread: file changes -> reload; health -> warnings before the cliff.
 
-    A changed set is loaded here first, under _LOADING (no fork meanwhile);
-    one that loads and differs is swapped into the running workers, and a
-    refused or merely touched set changes nothing: whoever can write the CRL
-    file cannot recycle every worker with junk. It never ends on an
+    A change is loaded once the files have stood still for one interval: a
+    renewal renames the key and the certificate one after the other, and a
+    poll between the two would refuse the mix with an ERROR (and a moved
+    mtls_reload_failures_total) for what is no fault at all. It is loaded
+    here first, under _LOADING (no fork meanwhile); one that loads and
+    differs is swapped into the running workers, and a refused or merely
+    touched set changes nothing: whoever can write the CRL file cannot
+    recycle every worker with junk. It never ends on an
     exception (a watcher that died would leave rotations unnoticed without
     a word), and ends with the master (a daemon thread).
     """
     last = files_fingerprint(getattr(server, _STATE).settings)
+    settling = False
     reported: tuple[Status, tuple[str, ...]] = ("ok", ())
     reminded = 0.0
     while True:
@@ -279,7 +284,9 @@ def _watch(server: Any, interval: float) -> None:
             if interval > 0:
                 current = files_fingerprint(getattr(server, _STATE).settings)
                 if current != last:
-                    last = current
+                    last, settling = current, True  # still being written, maybe
+                elif settling:
+                    settling = False
                     with _LOADING:
                         _reload_running_workers(server)
             health = assess(*_snapshot(server), datetime.datetime.now(datetime.UTC))

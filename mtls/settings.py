@@ -106,7 +106,11 @@ class ServerSettings:
         "MTLS_HANDSHAKE_TIMEOUT", seconds(0.1), 10.0, "seconds for PROXY header + handshake"
     )
     reload_interval: float = env(
-        "MTLS_RELOAD_INTERVAL", seconds(0.0), 2.0, "seconds between file checks; 0 = SIGHUP only"
+        "MTLS_RELOAD_INTERVAL",
+        seconds(0.0),
+        2.0,
+        "seconds between file checks (a change is swapped in once it stood still for one); "
+        "0 = SIGHUP only",
     )
     # Hostile-peer bounds (SECURITY.md).
     request_timeout: float = env(
