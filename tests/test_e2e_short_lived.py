@@ -191,8 +191,10 @@ def test_four_clients_see_no_failure_while_both_60s_certificates_are_renewed_eve
                 thread.join(timeout=30)
         assert not any(thread.is_alive() for thread in clients)
 
+        upstream = [line for line in home.log().splitlines() if "[WARNING] GET " in line]
         assert ledger.failures == [], (
-            f"{len(ledger.failures)} failed of {ledger.answered + len(ledger.failures)}"
+            f"{len(ledger.failures)} failed of {ledger.answered + len(ledger.failures)}; "
+            f"the Home Page's calls that failed: {upstream[:5]}"
         )
         assert ledger.answered > 0
         home_certs = issued["homepage"]
