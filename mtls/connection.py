@@ -71,7 +71,8 @@ class MtlsConnection(HTTPSConnection):
         self.requests_sent = 0
         if self.identity is not None:
             # Read by urllib3's connect() below; swapped per connection, never
-            # on a live one, so pooled connections finish on the set they began with.
+            # on a live one: a request in flight finishes on the set it began
+            # with, and is_connected then keeps the connection from being reused.
             presenting = self.identity.current()
             self.ssl_context = presenting.context
             self.client_dn = presenting.dn
