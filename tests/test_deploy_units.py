@@ -13,8 +13,8 @@ renders them with this checkout and the venv running the tests in its place,
 one documented substitution, so verify finds real binaries.
 The renewal and CRL units' commands are also run for real, in order, against
 a running server (paths moved into a temporary directory, ownership given to
-the test's user, and `systemctl reload` replaced by the SIGHUP it sends): the
-server must then present the renewed certificate.
+the test's user); nothing signals the server: its own watcher must pick up
+what they publish, the renewed certificate for new connections and the CRL.
 Deliberately NOT tested: running them under a real systemd (the sandbox's
 effect on gunicorn is the part a container cannot show).
 """
@@ -29,7 +29,6 @@ import pwd
 import re
 import shlex
 import shutil
-import signal
 import ssl
 import subprocess
 import sys
@@ -186,11 +185,18 @@ def test_the_renewal_publishes_what_the_services_read() -> None:
         instance = {p.replace("%i", service) for p in published}
         # root.crt is installed once by hand; everything else must come from a timer.
         assert tls - instance == {f"{TLS_DIR}/root.crt"}, tls - instance
-        assert env["MTLS_RELOAD_INTERVAL"] == "0"  # the timers send SIGHUP after a whole set
-    renew = load_unit("pki-renew@.service")
-    assert shlex.split(renew["Service"]["ExecStart"][-1])[1:] == [
-        "try-reload-or-restart", "%i.service",
-    ]  # fmt: skip
+        # The server's watcher picks up what the timers publish: never switched off.
+        assert "MTLS_RELOAD_INTERVAL" not in env
+    (interval,) = [f for f, d in declarations(ServerSettings) if d.var == "MTLS_RELOAD_INTERVAL"]
+    assert interval.default == 2.0
+
+
+def test_the_timers_signal_no_service() -> None:
+    """SIGHUP (systemctl reload or restart, kill) would replace every worker for nothing."""
+    for name in ("pki-renew@.service", "pki-crl.service"):
+        binaries = [Path(argv[0]).name for argv in commands(load_unit(name))]
+        assert binaries[0] == "pki", name
+        assert set(binaries[1:]) == {"install", "mv"}, name
 
 
 def elapses(analyze: str, spec: str) -> list[datetime.datetime]:
@@ -279,20 +285,15 @@ def test_sysusers_creates_the_users_the_units_run_as(tmp_path: Path) -> None:
         assert one(unit, "Service", "Group") in groups  # the renewal's install -g %i needs it
 
 
-def run_unit_commands(unit: str, instance: str, moved: dict[str, Path], server: Server) -> None:
+def run_unit_commands(unit: str, instance: str, moved: dict[str, Path]) -> None:
     """Run ``unit``'s ExecStart lines as systemd would, one by one, each required to succeed.
 
-    ``moved`` maps the unit's absolute directories to the test's. The last
-    line must be the reload, and is replaced by the SIGHUP it would send.
+    ``moved`` maps the unit's absolute directories to the test's.
     """
     user, group = pwd.getpwuid(os.getuid()).pw_name, grp.getgrgid(os.getgid()).gr_name
     venv_bin = str(Path(sys.executable).parent)
     lines = load_unit(unit)["Service"]["ExecStart"]
-    *work, reload = (shlex.split(line.replace("%i", instance)) for line in lines)
-    assert Path(reload[0]).name == "systemctl"
-    assert reload[1] == "try-reload-or-restart"
-    assert f"{instance}.service" in reload[2:]
-    for argv in work:
+    for argv in (shlex.split(line.replace("%i", instance)) for line in lines):
         argv = [a.replace(f"{PREFIX}/.venv/bin", venv_bin) for a in argv]
         for unit_dir, test_dir in moved.items():
             argv = [a.replace(unit_dir, str(test_dir)) for a in argv]
@@ -300,7 +301,6 @@ def run_unit_commands(unit: str, instance: str, moved: dict[str, Path], server: 
             if flag in argv:
                 argv[argv.index(flag) + 1] = owner
         subprocess.run(argv, check=True, capture_output=True, timeout=60)
-    server.process.send_signal(signal.SIGHUP)
 
 
 def test_the_renewal_units_rotate_a_running_server(demo_pki: Path, tmp_path: Path) -> None:
@@ -319,14 +319,14 @@ def test_the_renewal_units_rotate_a_running_server(demo_pki: Path, tmp_path: Pat
     ctx = client_context(ca, "homepage")
     with running(ECHO, env, tmp_path / "renew.log", ctx) as server:
         old = presented_serial(server, ctx)
-        run_unit_commands("pki-renew@.service", "userservice", moved, server)
+        run_unit_commands("pki-renew@.service", "userservice", moved)
         published = x509.load_pem_x509_certificates((tls / "userservice-chain.crt").read_bytes())
         new = published[0].serial_number
         assert new != old
         assert (tls / "userservice.key").stat().st_mode & 0o777 == 0o640
         lifetime = datetime.timedelta(hours=24)  # --valid 24h (notBefore is backdated for skew)
         assert published[0].not_valid_after_utc <= datetime.datetime.now(datetime.UTC) + lifetime
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 20  # the server's watcher: MTLS_RELOAD_INTERVAL, 2 s
         while presented_serial(server, ctx) != new and time.monotonic() < deadline:
             time.sleep(0.1)
         assert presented_serial(server, ctx) == new
@@ -335,7 +335,7 @@ def test_the_renewal_units_rotate_a_running_server(demo_pki: Path, tmp_path: Pat
         subprocess.run(revoke, check=True, capture_output=True, timeout=60)
         event = client_context(ca, "eventservice")
         get(server, event)
-        run_unit_commands("pki-crl.service", "userservice", moved, server)
+        run_unit_commands("pki-crl.service", "userservice", moved)
         deadline = time.monotonic() + 20
         while not refused(server, event) and time.monotonic() < deadline:
             time.sleep(0.1)
