@@ -4,10 +4,8 @@ The same answer on both listeners (the services' /healthz and the metrics
 port's): ``fail`` when this server would refuse every client or serve an
 expired certificate (so a load balancer takes it out), ``warn`` while it
 still serves but the cliff is near (the certificate has under 7 days left,
-or under a quarter of its lifetime if that is shorter: ``x509rules.near_end``,
-so a 24-hour certificate renewed every 8 hours is ``ok``; or the CRL under a
-quarter of its lifetime: the job that re-signs it has missed a run), else
-``ok``. HTTP 200 for ok and warn, 503 for fail.
+or the CRL under a quarter of its lifetime: the job that re-signs it has
+missed a run), else ``ok``. HTTP 200 for ok and warn, 503 for fail.
 """
 
 from __future__ import annotations
@@ -20,7 +18,6 @@ from typing import Any, Literal
 from mtls.identity import format_serial
 from mtls.reloadstatus import ReloadSnapshot, ReloadStatus
 from mtls.serverstate import TlsState
-from mtls.x509rules import near_end
 
 Status = Literal["ok", "warn", "fail"]
 # Set by the worker in every request's environ, for the services' /healthz.
@@ -53,7 +50,7 @@ def assess(
     if left <= datetime.timedelta(0):
         fail = True
         problems.append(f"the server certificate expired at {_iso(leaf.not_valid_after_utc)}")
-    elif near_end(leaf, now, CERT_WARN):
+    elif left < CERT_WARN:
         warn = True
         problems.append(f"the server certificate expires in {_span(left)}")
     next_update = state.crl_next_update

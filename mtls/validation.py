@@ -129,7 +129,7 @@ def _check_leaf(
     if invalid is not None:
         fix = "; issue a new one with `pki issue NAME --server ...`"
         problems.append(f"{name} ({subject}) {invalid}{fix}")
-    elif x509rules.near_end(leaf, now, EXPIRY_WARNING):
+    elif leaf.not_valid_after_utc - now < EXPIRY_WARNING:
         days = (leaf.not_valid_after_utc - now).days
         warnings.append(
             f"{name} ({subject}) expires in {days} days, on {leaf.not_valid_after_utc:%Y-%m-%d}"

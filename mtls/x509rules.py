@@ -9,8 +9,6 @@ call these functions rather than deciding the same things their own way:
 - ``read_sans`` / ``general_names``: the subjectAltName (RFC 5280 4.2.1.6);
 - ``is_ca`` / ``is_root`` / ``issued_by``: who may issue (RFC 5280 4.2.1.9);
 - ``key_matches`` / ``key_mismatch``: a private key belongs to a certificate;
-- ``validity_problem`` / ``near_end``: expired or not yet valid, or close to
-  expiry for its lifetime;
 - ``verify_chain``: the only caller of ``cryptography.x509.verification``
   (its API is marked unstable; when it changes, only this function does);
 - ``handshake_problems``: the chain as OpenSSL builds it at each handshake;
@@ -167,26 +165,6 @@ def validity_problem(cert: x509.Certificate, now: datetime.datetime) -> str | No
     if now < cert.not_valid_before_utc:
         return f"not yet valid: valid from {day(cert.not_valid_before_utc)}"
     return None
-
-
-#: The share of a certificate's lifetime left under which it counts as near its end.
-NEAR_END_FRACTION = 0.25
-
-
-def near_end(cert: x509.Certificate, now: datetime.datetime, horizon: datetime.timedelta) -> bool:
-    """Whether ``cert`` has less than ``horizon`` left, or less than a quarter of its lifetime.
-
-    A fixed horizon alone (30 days at start-up, 7 in /healthz) calls a 24-hour
-    certificate near its end all its life: a warning at every reload and a
-    /healthz stuck at "warn", which nobody can act on. A quarter of the
-    lifetime comes after the point where renewal jobs act (our timer with two
-    thirds left; cert-manager's default renewBefore and ``step ca renew
-    --daemon`` with a third left), so for a short-lived certificate the
-    warning means renewals were missed. Long-lived ones keep the horizon.
-    """
-    left = cert.not_valid_after_utc - now
-    lifetime = cert.not_valid_after_utc - cert.not_valid_before_utc
-    return left < min(horizon, lifetime * NEAR_END_FRACTION)
 
 
 def day(moment: datetime.datetime | None) -> str:
