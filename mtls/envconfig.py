@@ -147,6 +147,29 @@ def seconds(minimum: float, maximum: float = 3600.0) -> Parser:
     return parse
 
 
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def duration(minimum: float, maximum: float) -> Parser:
+    """Seconds (``3600``) or a whole number and a unit (``90s``, ``30m``, ``8h``, ``7d``)."""
+
+    def parse(var: str, raw: str) -> float:
+        text = raw.strip()
+        unit = _UNIT_SECONDS.get(text[-1:], 0) if text else 0
+        number = text[:-1] if unit else text
+        if not (number.isascii() and number.isdigit()):
+            raise Invalid(
+                f"{var}={raw!r} is not a duration: seconds, or a whole number and a unit "
+                "s, m, h or d (e.g. 8h, 7d)"
+            )
+        value = float(int(number) * (unit or 1))
+        if not minimum <= value <= maximum:
+            raise Invalid(f"{var}={raw!r} must be between {minimum:g} and {maximum:g} seconds")
+        return value
+
+    return parse
+
+
 def whole_number(minimum: int, maximum: int = 1_000_000_000, unit: str = "") -> Parser:
     def parse(var: str, raw: str) -> int:
         if not (raw.isascii() and raw.isdigit()):

@@ -4,6 +4,7 @@ The same answer on both listeners (the services' /healthz and the metrics
 port's): ``fail`` when this server would refuse every client or serve an
 expired certificate (so a load balancer takes it out), ``warn`` while it
 still serves but the cliff is near (the certificate has under 7 days left,
+MTLS_CERT_WARN: 8h suits 24 h certificates renewed every 8 h,
 or the CRL under a quarter of its lifetime: the job that re-signs it has
 missed a run), else ``ok``. HTTP 200 for ok and warn, 503 for fail.
 """
@@ -23,7 +24,6 @@ Status = Literal["ok", "warn", "fail"]
 # Set by the worker in every request's environ, for the services' /healthz.
 STATE_ENVIRON_KEY = "mtls.state"
 RELOADS_ENVIRON_KEY = "mtls.reloads"
-CERT_WARN = datetime.timedelta(days=7)
 CRL_WARN_FRACTION = 0.25
 
 
@@ -50,7 +50,7 @@ def assess(
     if left <= datetime.timedelta(0):
         fail = True
         problems.append(f"the server certificate expired at {_iso(leaf.not_valid_after_utc)}")
-    elif left < CERT_WARN:
+    elif left < datetime.timedelta(seconds=state.settings.cert_warn):
         warn = True
         problems.append(f"the server certificate expires in {_span(left)}")
     next_update = state.crl_next_update

@@ -14,7 +14,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from mtls.envconfig import Invalid, choice, env, path, read_env, seconds, whole_number
+from mtls.envconfig import (
+    Invalid,
+    choice,
+    duration,
+    env,
+    path,
+    read_env,
+    seconds,
+    whole_number,
+)
 
 ClientAuth = Literal["required", "optional"]
 ProxyMode = Literal["off", "v1", "v2", "auto"]
@@ -30,6 +39,8 @@ _VERSIONS = {
 # Forward-secret AEAD suites only. TLS 1.3 suites are not affected by this
 # list (OpenSSL configures them separately) and are all AEAD already.
 DEFAULT_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
+# /healthz says warn under this much certificate left (SPEC: under 7 days).
+CERT_WARN_DEFAULT = 7 * 86400.0
 
 
 def _ciphers(var: str, raw: str) -> str:
@@ -139,6 +150,15 @@ class ServerSettings:
         seconds(1.0, 86400.0),
         600.0,
         "seconds; the first response after this says Connection: close",
+    )
+
+    cert_warn: float = env(
+        "MTLS_CERT_WARN",
+        duration(60.0, 3650 * 86400.0),
+        CERT_WARN_DEFAULT,
+        "server certificate time left under which /healthz says warn (and, when set, "
+        "the start-up warning: 30 days otherwise); e.g. 8h for 24 h certificates",
+        example="7d",
     )
 
     metrics_bind: tuple[str, int] | None = env(

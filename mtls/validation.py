@@ -29,9 +29,16 @@ from mtls import envconfig, x509rules
 from mtls.dn import format_dn
 from mtls.errors import ChainRefused
 from mtls.revocation import parse_crl_file
-from mtls.settings import ServerSettings
+from mtls.settings import CERT_WARN_DEFAULT, ServerSettings
 
 EXPIRY_WARNING = datetime.timedelta(days=30)
+
+
+def _expiry_warning(settings: ServerSettings) -> datetime.timedelta:
+    """30 days, or MTLS_CERT_WARN once set: a 24 h certificate would warn at every reload."""
+    if settings.cert_warn == CERT_WARN_DEFAULT:
+        return EXPIRY_WARNING
+    return datetime.timedelta(seconds=settings.cert_warn)
 
 
 @dataclass(frozen=True)
@@ -129,7 +136,7 @@ def _check_leaf(
     if invalid is not None:
         fix = "; issue a new one with `pki issue NAME --server ...`"
         problems.append(f"{name} ({subject}) {invalid}{fix}")
-    elif leaf.not_valid_after_utc - now < EXPIRY_WARNING:
+    elif leaf.not_valid_after_utc - now < _expiry_warning(settings):
         days = (leaf.not_valid_after_utc - now).days
         warnings.append(
             f"{name} ({subject}) expires in {days} days, on {leaf.not_valid_after_utc:%Y-%m-%d}"

@@ -116,6 +116,34 @@ def test_certificate_expiring_within_30_days_starts_with_a_warning(
     assert "expires in 9 days" in state.warnings[0] or "expires in 10 days" in state.warnings[0]
 
 
+def test_a_24h_certificate_with_mtls_cert_warn_8h_warns_only_when_renewals_were_missed(
+    demo_pki: Path, tmp_path: Path
+) -> None:
+    """The default horizons (30 days at start-up, 7 in /healthz) would warn all its life."""
+    from mtls.health import assess
+
+    day = datetime.timedelta(hours=24)
+    files = write_issued(tmp_path, "fresh", server_leaf(demo_pki, valid=day))
+    default = load_tls_state(settings_for(demo_pki, *files))
+    assert "expires in 0 days" in default.warnings[0]
+    assert assess(default, None, NOW).status == "warn"  # SPEC: under 7 days
+    state = load_tls_state(settings_for(demo_pki, *files, MTLS_CERT_WARN="8h"))
+    assert state.warnings == ()
+    assert assess(state, None, NOW).status == "ok"
+    late = assess(state, None, NOW + datetime.timedelta(hours=17))  # about 7 h left
+    assert late.status == "warn"
+    assert late.problems[0].startswith("the server certificate expires in 7.")
+
+
+def test_mtls_cert_warn_takes_seconds_or_a_unit_and_names_itself_when_wrong() -> None:
+    base = {"MTLS_CERTFILE": "/c", "MTLS_KEYFILE": "/k", "MTLS_CA_CERTS": "/r"}
+    assert ServerSettings.from_env({**base, "MTLS_CERT_WARN": "8h"}).cert_warn == 8 * 3600
+    assert ServerSettings.from_env({**base, "MTLS_CERT_WARN": "90"}).cert_warn == 90
+    assert ServerSettings.from_env(base).cert_warn == 7 * 86400
+    with pytest.raises(ConfigError, match=r"MTLS_CERT_WARN='soon' is not a duration"):
+        ServerSettings.from_env({**base, "MTLS_CERT_WARN": "soon"})
+
+
 def test_client_only_certificate_cannot_serve(demo_pki: Path) -> None:
     settings = settings_for(
         demo_pki, demo_pki / "eventservice-chain.crt", demo_pki / "eventservice.key"
