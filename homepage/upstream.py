@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import http.cookiejar
 import logging
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -171,6 +172,15 @@ class UserServiceClient:
                 f"within {self.connect_timeout:g} s",
             )
         if isinstance(exc, requests.ReadTimeout):
+            # urllib3 names the timeout that fired; a stalled TLS handshake is
+            # read under the connect timeout, not the read timeout.
+            fired = _fired_timeout(exc)
+            if fired is not None and fired != self.read_timeout:
+                return UpstreamFailure(
+                    503,
+                    f"The User Service at {self.base_url} did not complete the TLS handshake "
+                    f"within {fired:g} s",
+                )
             return UpstreamFailure(
                 503, f"The User Service did not answer within {self.read_timeout:g} s"
             )
@@ -234,3 +244,12 @@ def _policy_message_of(response: requests.Response) -> str | None:
         return None
     message = body.get("message") if isinstance(body, dict) else None
     return message if message in _POLICY_MESSAGES else None
+
+
+_FIRED = re.compile(r"read timeout=([0-9.]+)")
+
+
+def _fired_timeout(exc: BaseException) -> float | None:
+    """The seconds urllib3's ReadTimeoutError reports ("(read timeout=3.0)"), if it does."""
+    match = _FIRED.search(str(exc))
+    return float(match[1]) if match else None

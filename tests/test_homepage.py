@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -223,6 +224,19 @@ def test_user_service_too_slow_gives_a_503_page_with_the_timeout(homepage: MakeC
 
     assert response.status_code == 503
     assert "The User Service did not answer within 0.5 s" in text(response)
+
+
+def test_a_user_service_that_never_handshakes_gives_a_503_naming_the_connect_timeout(
+    homepage: MakeClient,
+) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # accepts, never speaks TLS
+        url = f"https://localhost:{silent.getsockname()[1]}"
+        env = {"HOMEPAGE_CONNECT_TIMEOUT": "0.5", "HOMEPAGE_READ_TIMEOUT": "5"}
+        response = homepage(url=url, env=env).get("/")
+    assert response.status_code == 503
+    page = text(response)
+    assert "did not complete the TLS handshake within 0.5 s" in page
+    assert "did not answer within 5 s" not in page
 
 
 @pytest.mark.parametrize(
