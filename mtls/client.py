@@ -48,7 +48,7 @@ from urllib3.connectionpool import HTTPSConnectionPool
 from urllib3.exceptions import ReadTimeoutError
 from urllib3.util.retry import Retry
 
-from mtls.clientidentity import IdentityFiles
+from mtls.clientidentity import SETTLE_S, IdentityFiles
 from mtls.connection import MtlsConnection
 from mtls.errors import UpstreamRedirectError
 from mtls.rules import Rules
@@ -71,7 +71,10 @@ class ClientSettings:
     server_rules: identity rules the server's certificate must satisfy, the
       same as ``require_peer``'s (``mtls.rules.compile_rules``), checked
       with ``server_dn`` after the handshake, before a request byte is sent;
-    peer_name: how messages name the server ("the User Service").
+    peer_name: how messages name the server ("the User Service");
+    identity_settle: seconds a replaced identity set that does not load yet
+      gets to become whole (a renewal renames key and certificate one after
+      the other) before it is reported with a WARNING (mtls.clientidentity).
     """
 
     cert: Path
@@ -84,6 +87,7 @@ class ClientSettings:
     read_timeout: float = 10.0
     peer_name: str = "the server"
     pool_maxsize: int = 10
+    identity_settle: float = SETTLE_S
 
 
 @dataclass(frozen=True)
@@ -108,7 +112,11 @@ class MtlsSession(requests.Session):
     def __init__(self, settings: ClientSettings) -> None:
         super().__init__()
         self.identity = IdentityFiles(
-            settings.cert, settings.key, settings.ca_certs, settings.key_password
+            settings.cert,
+            settings.key,
+            settings.ca_certs,
+            settings.key_password,
+            settle=settings.identity_settle,
         )
         self.trust_env = False  # env CA bundles and proxies must not widen trust or reroute
         self.max_redirects = MAX_REDIRECTS  # TooManyRedirects beyond, same origin only

@@ -14,7 +14,8 @@ connection to a new request (``MtlsConnection.is_connected``). ``os.stat``
 follows symlinks, so a Kubernetes secret's ``..data`` swap shows up as the
 target's new inode; an atomic rename (how ``pki`` writes) shows up the same way.
 
-Fails closed and keeps serving, as the server's reload does: a set that
+Fails closed and keeps serving, as the server's reload does (and, as its
+watcher, gives a set SETTLE_S to become whole before it reports it): a set that
 cannot serve (a new certificate with the old key, half a file, a bundle that
 is not PEM) is refused with one WARNING naming the file, the reason and the
 fix; new connections keep the last good set and the reload is tried again as
@@ -37,6 +38,7 @@ import logging
 import os
 import ssl
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +50,9 @@ from mtls.errors import CertificateFileError
 from mtls.identity import format_serial
 
 log = logging.getLogger("mtls.client")
+
+#: Seconds a changed set that cannot serve gets to become whole before the WARNING.
+SETTLE_S = 2.0
 
 #: Per file: (st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns), None when it cannot be statted.
 Stamp = tuple[tuple[int, int, int, int, int] | None, ...]
@@ -95,20 +100,34 @@ class IdentityFiles:
     """
 
     def __init__(
-        self, cert: Path, key: Path | None, ca_certs: Path, password: bytes | None
+        self,
+        cert: Path,
+        key: Path | None,
+        ca_certs: Path,
+        password: bytes | None,
+        *,
+        settle: float = SETTLE_S,
     ) -> None:
         self.cert, self.key, self.ca_certs, self._password = cert, key, ca_certs, password
         self.paths = tuple(p for p in (cert, key, ca_certs) if p is not None)
         self._watched = tuple(map(str, self.paths))
         self._current = self._load(stamp_of(self._watched))
         self._refused: Stamp | None = None  # the fingerprint of the last set that failed
+        self._settle = settle
+        # A refused set changed less than ``settle`` seconds before: maybe a
+        # renewal half way (a new key, its certificate a rename later). It is
+        # tried once more after ``settle`` before the WARNING, which a
+        # renewal's intermediate state would otherwise raise every time.
+        self._refused_young = False
         self._reloading = threading.Lock()
 
     def current(self) -> ClientIdentity:
         """The set new connections use: reloaded first if a file changed since."""
         current = self._current
         stamp = stamp_of(self._watched)
-        if stamp in (current.stamp, self._refused):
+        if stamp == current.stamp:
+            return current
+        if stamp == self._refused and not (self._refused_young and self._settled(stamp)):
             return current
         if not self._reloading.acquire(blocking=False):
             return current  # another thread is loading the new files right now
@@ -117,14 +136,21 @@ class IdentityFiles:
         finally:
             self._reloading.release()
 
+    def _settled(self, stamp: Stamp) -> bool:
+        changes = [entry[4] for entry in stamp if entry is not None]
+        return time.time_ns() - max(changes, default=0) >= self._settle * 1e9
+
     def _reload(self, stamp: Stamp) -> ClientIdentity:
         old = self._current
-        if stamp in (old.stamp, self._refused):  # another thread got here first
-            return old
+        if stamp == old.stamp or (stamp == self._refused and not self._refused_young):
+            return old  # another thread got here first
         try:
             new = self._load(stamp)
         except CertificateFileError as exc:
-            self._refused = stamp
+            self._refused, self._refused_young = stamp, not self._settled(stamp)
+            if self._refused_young:
+                log.debug("client identity files changed but cannot serve yet: %s", exc)
+                return old
             log.warning(
                 "client identity files changed but cannot serve, not reloaded: %s. New "
                 "connections keep presenting %s (serial %s) and trusting the bundle loaded "
@@ -135,7 +161,7 @@ class IdentityFiles:
                 ", ".join(map(str, self.paths)),
             )
             return old
-        self._current, self._refused = new, None
+        self._current, self._refused, self._refused_young = new, None, False
         log.info(
             "client identity reloaded for new connections: cert=%s (%s, serial %s -> %s, "
             "until %s) trust=%s; requests in flight finish on the old one, whose pooled "

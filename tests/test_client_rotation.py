@@ -155,7 +155,8 @@ def test_a_new_certificate_without_its_key_is_refused_once_and_the_old_pair_kept
     shutil.copytree(pki, staged)
     new = renew(staged).serial_number
     old = first_serial(pki)
-    with make_session(client_settings(pki)) as session:
+    # No settling time: the lagging key is reported at once (see the settle test below).
+    with make_session(client_settings(pki, identity_settle=0.0)) as session:
         assert serial_of(session.get(echo.url, headers=CLOSE)) == old
         (staged / "homepage-chain.crt").replace(pki / "homepage-chain.crt")  # the key lags
 
@@ -183,7 +184,7 @@ def test_a_new_certificate_without_its_key_is_refused_once_and_the_old_pair_kept
 def test_a_ca_bundle_that_is_not_pem_is_refused_and_the_old_trust_kept(
     echo: Server, pki: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with make_session(client_settings(pki)) as session:
+    with make_session(client_settings(pki, identity_settle=0.0)) as session:
         session.get(echo.url, headers=CLOSE)
         broken = pki / "root.crt.new"
         broken.write_text("not PEM at all\n")
@@ -242,9 +243,32 @@ def test_a_renewed_pkcs12_file_reaches_new_connections(
         assert serial_of(session.get(echo.url, headers=CLOSE)) == new
 
 
-def identity_files(pki: Path) -> IdentityFiles:
+def identity_files(pki: Path, settle: float = 0.0) -> IdentityFiles:
     settings = client_settings(pki)
-    return IdentityFiles(settings.cert, settings.key, settings.ca_certs, None)
+    return IdentityFiles(settings.cert, settings.key, settings.ca_certs, None, settle=settle)
+
+
+def test_a_renewal_half_way_is_quiet_and_a_set_that_stays_broken_is_reported_once(
+    pki: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    files = identity_files(pki, settle=0.5)
+    first = files.current()
+    staged = tmp_path / "staged"
+    shutil.copytree(pki, staged)
+    renew(staged)
+    with caplog.at_level(logging.WARNING, logger="mtls.client"):
+        (staged / "homepage.key").replace(pki / "homepage.key")  # the certificate lags
+        assert files.current() is first  # a renewal half way: no WARNING
+        assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+        deadline = time.monotonic() + 10  # it stays half way: reported once it settled
+        while not caplog.records and time.monotonic() < deadline:
+            assert files.current() is first
+            time.sleep(0.05)
+        assert files.current() is first
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert f"{pki / 'homepage.key'} does not match the certificate in" in warning
+    (staged / "homepage-chain.crt").replace(pki / "homepage-chain.crt")
+    assert files.current().serial != first.serial
 
 
 def test_unchanged_files_are_not_loaded_again_and_a_touched_set_is(pki: Path) -> None:
