@@ -251,7 +251,7 @@ def _log_state(server: Any, state: TlsState, verb: str) -> None:
         verb,
         settings.certfile,
         format_dn(state.leaf.subject),
-        f"{state.leaf.not_valid_after_utc:%Y-%m-%d}",
+        f"{state.leaf.not_valid_after_utc:%Y-%m-%d %H:%M:%S} UTC",  # hours count for 24 h certs
         settings.client_auth,
         settings.ca_certs,
         settings.crlfile or "none",
