@@ -33,7 +33,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, TextIO
 
-from bench import clients, procstat, report
+from bench import clients, procstat, report, stalled
 from bench.app import BODY, PATH
 from bench.servers import CLIENT_CPU, SERVER_CPU, Pki, Server, matrix
 from pki import cli as pki_cli
@@ -318,6 +318,16 @@ class Run:
                     "sequential connections, each offering the previous session"
                 )
 
+    def stalled_check(self) -> None:
+        """Target 6: ours answers while 1,000 connections stall before their handshake."""
+        ours = next(s for s in self.servers if s.name == "ours")
+        row = stalled.legit_latency(ours.port, self.pki.client_context(), PATH, BODY)
+        self.record({"server": "ours", "test": "stalled", "round": self.args.rounds - 1, **row})
+        self.commands["client stalled"] = (
+            f"bench/stalled.py: {stalled.STALLED} TCP connections that send nothing, then "
+            f"{stalled.PROBES} requests, each on a new mTLS connection, timed at the client"
+        )
+
     def soak(self) -> None:
         """Keep-alive on ours until it has served --soak operations in all, then its RSS again.
 
@@ -359,6 +369,7 @@ def main(argv: list[str] | None = None) -> int:
             for rnd in range(a.rounds):
                 run.round(rnd)
             run.resume_check()
+            run.stalled_check()
             run.soak()
         finally:
             for srv in run.servers:

@@ -82,6 +82,10 @@ def _rows() -> list[dict[str, object]]:
         )  # fmt: skip
     # a failed measurement is never counted
     rows.append({"server": "nginx", "test": "new", "round": 2, "ok": False, "us_per_op": 1})
+    rows.append(
+        {"server": "ours", "test": "stalled", "round": 1, "ok": True, "stalled": 1000,
+         "probes": 5, "latency_s": 0.05, "max_latency_s": 0.08, "errors": []}
+    )  # fmt: skip
     return rows
 
 
@@ -96,6 +100,7 @@ def test_targets_from_canned_numbers() -> None:
         "3b": (1.0, True),
         "4": (9.5, False),  # 40 - 30.5 MiB
         "5": (0.55, True),
+        "6": (0.05, True),  # seconds, under 1,000 stalled connections
     }
     per_round = {t.number: t.per_round for t in report.targets(_rows())}
     assert per_round["1a"] == report.Spread(0.5, 0.5, 0.5, 2)
@@ -119,6 +124,7 @@ def test_results_markdown_from_canned_numbers() -> None:
     assert "| 1a | new connection + request: CPU efficiency vs nginx | >= 0.75x | 0.50x" in md
     assert md.count("**missed**") == 3  # 1a, 2b, 4
     assert "| worker RSS after load (mean per worker) | 40.0 MiB | - | 30.5 MiB |" in md
+    assert "1000 stalled connections held, worst of 5 requests 0.080 s." in md
     for line in ("nginx -c x", "- openssl: OpenSSL 3", "- a note"):
         assert line in md
 
