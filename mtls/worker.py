@@ -524,13 +524,27 @@ class MtlsWorker(ThreadWorker):  # type: ignore[misc]
         published = channel.read()
         if published is None:
             return  # being written right now: the next second
-        self.generation, files = published
+        generation, files = published
         old = self.state
         try:
             new = load_tls_state(
                 old.settings, previous=old, files=FileSet.from_ordered(old.settings, files)
             )
+        except OSError as e:
+            # Out of descriptors (EMFILE: the in-memory files OpenSSL loads
+            # from), say: not the set's fault. Raised from murder_pending it
+            # would end the worker and every connection it holds; the next
+            # turn tries the same generation again.
+            self.log.warning(
+                "mTLS worker %s: the reloaded TLS files (generation %d) cannot be loaded "
+                "yet (%s); keeping the previous ones and trying again",
+                self.pid,
+                generation,
+                e.strerror or e,
+            )
+            return
         except (MtlsError, ValueError) as e:
+            self.generation = generation
             self.log.error(
                 "mTLS worker %s: the reloaded TLS files (generation %d) were refused here, "
                 "keeping the previous ones: %s",
@@ -539,6 +553,7 @@ class MtlsWorker(ThreadWorker):  # type: ignore[misc]
                 " | ".join(line.strip() for line in str(e).splitlines()),
             )
             return
+        self.generation = generation
         if new.fingerprint == old.fingerprint:
             return
         self.tls_state = new

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -272,3 +273,36 @@ def test_a_changed_trust_bundle_replaces_the_workers_and_ends_every_old_session(
         environ, _ = get(server, ctx, session=session)
         assert environ["SSL_SESSION_RESUMED"] == "Initial"
         assert environ["SSL_CLIENT_VERIFY"] == "SUCCESS"
+
+
+def test_a_worker_out_of_descriptors_at_a_swap_keeps_running_and_swaps_later(
+    pki: Path, tmp_path: Path
+) -> None:
+    """EMFILE while a worker loads the new files must not end it (it did: OSError from
+    murder_pending), only delay its swap until descriptors are free again."""
+    env = server_env(
+        pki,
+        "userservice",
+        MTLS_RELOAD_INTERVAL="0.2",
+        MTLS_HANDSHAKE_TIMEOUT="60",
+        GUNICORN_CMD_ARGS="--workers 1 --threads 2",
+    )
+    ctx = client_context(pki, "homepage")
+    with running(ECHO, env, tmp_path / "emfile.log", ctx) as server:
+        server.wait_for_log("Booting worker with pid", count=1)
+        (pid,) = worker_pids(server.process.pid)
+        held = len(os.listdir(f"/proc/{pid}/fd"))
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (held + 8, held + 8))
+        silent = [socket.create_connection((server.host, server.port)) for _ in range(12)]
+        try:
+            server.wait_for_log("out of file descriptors", timeout=20)
+            assert pki_cli.main(["renew", "userservice", "--dir", str(pki), "--new-key"]) == 0
+            server.wait_for_log("cannot be loaded yet", timeout=20)
+        finally:
+            for sock in silent:
+                sock.close()
+        server.wait_for_log(SWAPPED, timeout=20)
+        new = x509.load_pem_x509_certificate((pki / "userservice.crt").read_bytes())
+        assert presented_serial(server, ctx) == new.serial_number
+        assert worker_pids(server.process.pid) == {pid}
+        assert booted(server) == 1
