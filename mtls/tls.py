@@ -30,6 +30,8 @@ Option by option, server (listener) / client (session), and why:
 - SNI: read by a callback for SSL_TLS_SNI / sent (the hostname).
 - the peer's Certificate message: kept by a message callback for the
   refusal's diagnosis (mtls.failures) / not kept.
+- TLS 1.3 session tickets: 1 per full handshake, not OpenSSL's 2 / whatever
+  the server sends (urllib3 never resumes a session).
 """
 
 from __future__ import annotations
@@ -40,6 +42,9 @@ from collections.abc import Callable
 from typing import Any
 
 from mtls.settings import ServerSettings
+
+#: TLS 1.3 tickets sent after a full handshake (OpenSSL's default is 2, nginx keeps it).
+SESSION_TICKETS = 1
 
 
 def new_server_context(settings: ServerSettings) -> ssl.SSLContext:
@@ -58,6 +63,15 @@ def new_server_context(settings: ServerSettings) -> ssl.SSLContext:
         # own signatures would have to be re-signed by the offline root key.
         ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
     ctx.set_alpn_protocols(["http/1.1"])
+    # Each ticket costs the server 125 us of OpenSSL (the session with the
+    # client's certificate, encrypted; bench/RESULTS.md, notes), about a tenth
+    # of a full handshake. One is what a client needs to resume its next
+    # connection, which then gets a fresh one (OpenSSL sends one on every
+    # resumption whatever this says); our own client (urllib3) never resumes,
+    # so it would throw both away. The price: a client that opens several
+    # connections at once after one full handshake can resume one of them
+    # unless it reuses the ticket (OpenSSL's and Go's clients do).
+    ctx.num_tickets = SESSION_TICKETS
     ctx.sni_callback = _remember_sni
     # Diagnostics only: keep the client's Certificate message, so a refused
     # handshake can say whose certificate it was and whether only its
