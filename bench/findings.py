@@ -14,6 +14,11 @@ Re-measure after a change to the connection path; the harness is the bench.
 from __future__ import annotations
 
 HANDSHAKE_NOTES = [
+    "This round's connection-path changes, before and after in one run (3 interleaved rounds "
+    "of 2 s, median, us per operation; before / after / nginx): new connection + request "
+    "2,662 / 1,950 / 1,371 (1a: 0.52x -> 0.70x); bare handshake 2,072 / 1,407 / 1,170 (1b: "
+    "0.57x -> 0.83x); resumed + request 1,690 / 1,227 / 639 (3a: 0.64x -> 0.63x: both sides "
+    "of that ratio fell). A full `make bench` after the merge is the figure of record.",
     "Where a connection's server CPU goes (split, us per operation; one run, ours / nginx): "
     "bare handshake: OpenSSL 1,028 / 1,034, libc 477 / 424, Python 371 / -, kernel 264 / 97; "
     "new connection + request: OpenSSL 1,143 / 1,025, libc 500 / 454, Python 899 / -, "
