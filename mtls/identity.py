@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from cryptography import x509
@@ -152,6 +153,28 @@ def build_tls_environ(
     out (no SNI, an empty subject). SSL_CLIENT_SAN_IPaddr_n and _URI_n are
     our extension in mod_ssl's style; mod_ssl exports DNS and Email only.
     """
+    certificate = certificate_environ(peer) if peer is not None else None
+    return connection_environ(
+        protocol=protocol, cipher=cipher, sni=sni, resumed=resumed,
+        peer=peer, certificate=certificate, now=now,
+    )  # fmt: skip
+
+
+def connection_environ(
+    *,
+    protocol: str,
+    cipher: str,
+    sni: str | None,
+    resumed: bool,
+    peer: x509.Certificate | None,
+    certificate: Mapping[str, str] | None,
+    now: datetime.datetime,
+) -> dict[str, str]:
+    """build_tls_environ with ``certificate_environ(peer)`` computed already (mtls.identitycache).
+
+    What depends on the connection or the clock is computed here, each time:
+    protocol, cipher, SNI, resumption and SSL_CLIENT_V_REMAIN.
+    """
     env = {
         "HTTPS": "on",
         "SSL_PROTOCOL": protocol,
@@ -160,12 +183,18 @@ def build_tls_environ(
         "SSL_SESSION_RESUMED": "Resumed" if resumed else "Initial",
         "SSL_CLIENT_VERIFY": "SUCCESS" if peer is not None else "NONE",
     }
+    env = {key: value for key, value in env.items() if value}
     if peer is not None:
-        env.update(_certificate_vars(peer, now))
-    return {key: value for key, value in env.items() if value}
+        env.update(certificate if certificate is not None else certificate_environ(peer))
+        env["SSL_CLIENT_V_REMAIN"] = str(remaining_days(peer.not_valid_after_utc, now))
+    return env
 
 
-def _certificate_vars(cert: x509.Certificate, now: datetime.datetime) -> dict[str, str]:
+def certificate_environ(cert: x509.Certificate) -> dict[str, str]:
+    """The variables read from the certificate alone, the same on every connection that presents it.
+
+    Empty values are left out already (build_tls_environ).
+    """
     issuer, subject = _names(cert)
     env = {
         "SSL_CLIENT_M_VERSION": str(cert.version.value + 1),
@@ -174,7 +203,6 @@ def _certificate_vars(cert: x509.Certificate, now: datetime.datetime) -> dict[st
         "SSL_CLIENT_I_DN": format_dn(issuer),
         "SSL_CLIENT_V_START": format_time(cert.not_valid_before_utc),
         "SSL_CLIENT_V_END": format_time(cert.not_valid_after_utc),
-        "SSL_CLIENT_V_REMAIN": str(remaining_days(cert.not_valid_after_utc, now)),
         "SSL_CLIENT_A_KEY": _LONG_NAMES.get(cert.public_key_algorithm_oid.dotted_string, "UNKNOWN"),
         "SSL_CLIENT_A_SIG": _LONG_NAMES.get(cert.signature_algorithm_oid.dotted_string, "UNKNOWN"),
         "SSL_CLIENT_CERT": cert.public_bytes(serialization.Encoding.PEM).decode("ascii"),
@@ -185,7 +213,7 @@ def _certificate_vars(cert: x509.Certificate, now: datetime.datetime) -> dict[st
         for index, value in enumerate(values):
             # mod_ssl escapes control characters in SAN values too (asn1_string_to_utf8).
             env[f"SSL_CLIENT_SAN_{kind}_{index}"] = escape(value, rfc2253=False)
-    return env
+    return {key: value for key, value in env.items() if value}
 
 
 def _dn_vars(prefix: str, name: bytes) -> dict[str, str]:

@@ -32,14 +32,21 @@ Option by option, server (listener) / client (session), and why:
   (ListenerContexts below: certificate rotation without new workers).
 - the peer's Certificate message: kept by a message callback for the
   refusal's diagnosis (mtls.failures) / not kept.
+- TLS 1.3 session tickets: 1 per full handshake, not OpenSSL's 2 / whatever
+  the server sends (urllib3 never resumes a session).
 """
 
 from __future__ import annotations
 
+import _ssl
 import ssl
+from collections.abc import Callable
 from typing import Any
 
 from mtls.settings import ServerSettings
+
+#: TLS 1.3 tickets sent after a full handshake (OpenSSL's default is 2, nginx keeps it).
+SESSION_TICKETS = 1
 
 
 class ListenerContexts:
@@ -91,14 +98,22 @@ def new_server_context(settings: ServerSettings) -> ssl.SSLContext:
         # own signatures would have to be re-signed by the offline root key.
         ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
     ctx.set_alpn_protocols(["http/1.1"])
+    # Each ticket costs the server 125 us of OpenSSL (the session with the
+    # client's certificate, encrypted; bench/RESULTS.md, notes), about a tenth
+    # of a full handshake. One is what a client needs to resume its next
+    # connection, which then gets a fresh one (OpenSSL sends one on every
+    # resumption whatever this says); our own client (urllib3) never resumes,
+    # so it would throw both away. The price: a client that opens several
+    # connections at once after one full handshake can resume one of them
+    # unless it reuses the ticket (OpenSSL's and Go's clients do).
+    ctx.num_tickets = SESSION_TICKETS
     ctx.sni_callback = _remember_sni
     # Diagnostics only: keep the client's Certificate message, so a refused
     # handshake can say whose certificate it was and whether only its
     # intermediate was missing (OpenSSL reports both as "unknown issuer").
     # CPython's _msg_callback is a debugging hook; without it the reasons
     # are less precise, never wrong.
-    if hasattr(ctx, "_msg_callback"):
-        ctx._msg_callback = _keep_peer_certificates
+    _install_msg_callback(ctx, _keep_peer_certificates)
     return ctx
 
 
@@ -113,14 +128,33 @@ def new_client_context() -> ssl.SSLContext:
     return ctx
 
 
+_HANDSHAKE = 22  # ContentType handshake (RFC 8446 5.1)
 _CERTIFICATE = 11  # HandshakeType certificate (RFC 8446 4)
+_TLS1_3 = 0x0304  # ProtocolVersion (RFC 8446 4.2.1)
+
+
+def _install_msg_callback(ctx: ssl.SSLContext, callback: Callable[..., None]) -> None:
+    """Install ``callback`` at the C level, without ssl.py's wrapper around it.
+
+    OpenSSL calls it for every message and record header, some 40 times per
+    handshake and request. ssl.py's ``SSLContext._msg_callback`` setter
+    wraps it in a function that turns version, content type and message
+    type into enums on each call: 85 us per handshake, 10 % of the
+    handshake's CPU, against 15 us for the bare callback taking the ints
+    OpenSSL passes (bench/RESULTS.md, notes). No-op where the C attribute
+    is missing (it is a debugging hook, not API).
+    """
+    descriptor = getattr(_ssl._SSLContext, "_msg_callback", None)
+    if descriptor is not None:
+        descriptor.__set__(ctx, callback)
 
 
 def _keep_peer_certificates(
-    conn: Any, direction: str, version: Any, content_type: Any, msg_type: Any, data: bytes
+    conn: Any, direction: str, version: int, content_type: int, msg_type: int, data: bytes
 ) -> None:
-    if msg_type == _CERTIFICATE and direction == "read":
-        conn.mtls_peer_certificates = (data, version == ssl.TLSVersion.TLSv1_3)
+    # Raw OpenSSL ints (_install_msg_callback): the peer's Certificate handshake message only.
+    if msg_type == _CERTIFICATE and content_type == _HANDSHAKE and direction == "read":
+        conn.mtls_peer_certificates = (data, version == _TLS1_3)
 
 
 def _remember_sni(sslobj: Any, name: str | None, _ctx: ssl.SSLContext) -> None:

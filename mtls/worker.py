@@ -41,13 +41,8 @@ from mtls.admission import WaitingSet
 from mtls.errors import ConfigError, MtlsError
 from mtls.failures import Refusal, describe_handshake_error, parse_certificate_message
 from mtls.health import RELOADS_ENVIRON_KEY, STATE_ENVIRON_KEY
-from mtls.identity import (
-    PEER_ENVIRON_KEY,
-    PeerIdentity,
-    build_tls_environ,
-    format_serial,
-    peer_from_der,
-)
+from mtls.identity import PEER_ENVIRON_KEY, connection_environ, format_serial
+from mtls.identitycache import IdentityCache
 from mtls.linger import Lingerer
 from mtls.metrics import NO_METRICS, Metrics, worker_metrics
 from mtls.proxyphase import ProxyHeaderReader, Refuse, Step, Wait, refuse_unexpected_header
@@ -97,6 +92,8 @@ class MtlsWorker(ThreadWorker):  # type: ignore[misc]
         self._buffered = 0
         self._accept_paused_until = 0.0
         self.lingerer = Lingerer(lambda: self.poller)
+        # Each client certificate parsed once, not once per connection (mtls.identitycache).
+        self.identities = IdentityCache()
         self.metrics: Metrics = NO_METRICS
         # Handed over with the state (pre_fork): the master's last reload, for /healthz.
         self.reload_status: ReloadStatus | None = None
@@ -308,10 +305,11 @@ class MtlsWorker(ThreadWorker):  # type: ignore[misc]
         now = datetime.datetime.now(datetime.UTC)
         der = sock.getpeercert(binary_form=True)
         try:
-            cert = peer_from_der(der) if der else None
+            known = self.identities.peer(der) if der else None
         except ValueError as e:
             # OpenSSL verified it, but cryptography cannot parse it: fail closed.
             return self._refuse(conn, Refusal("other", f"client certificate unparseable ({e})"))
+        cert = known.cert if known is not None else None
         # The captured Certificate message served the refusal's diagnosis only.
         with contextlib.suppress(AttributeError):
             delattr(sock, "mtls_peer_certificates")
@@ -329,16 +327,17 @@ class MtlsWorker(ThreadWorker):  # type: ignore[misc]
         current = sock.context is self.state.context
         conn.server_serial = self.state.leaf.serial_number if current else None
         cipher = sock.cipher()
-        conn.tls_environ = build_tls_environ(
+        conn.tls_environ = connection_environ(
             protocol=sock.version() or "",
             cipher=cipher[0] if cipher else "",
             sni=getattr(sock, "mtls_sni", None),
             resumed=resumed,
             peer=cert,
+            certificate=known.environ if known is not None else None,
             now=now,
         )
         conn.cert = cert
-        conn.peer = PeerIdentity.from_certificate(cert) if cert is not None else None
+        conn.peer = known.identity if known is not None else None
         sock.io_timeout = self.state.settings.io_timeout
         conn.parser = http.get_parser(self.cfg, sock, conn.client)
         conn.initialized = True
