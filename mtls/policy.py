@@ -152,7 +152,7 @@ def police_blueprint(bp: flask.Blueprint, rules: Rules) -> None:
 
     @bp.before_request
     def _check_peer() -> flask.Response | None:
-        return _check(policy, f"blueprint {flask.request.blueprint or bp.name!r}")
+        return _check(policy, lambda request: f"blueprint {request.blueprint or bp.name!r}")
 
     bp.record(lambda state: _register_prefix(state, policy))
 
@@ -164,7 +164,7 @@ def police_view(view: V, rules: Rules) -> V:
 
     @functools.wraps(view)
     def policed(*args: Any, **kwargs: Any) -> Any:
-        denied = _check(policy, f"view {flask.request.endpoint or view.__name__!r}")
+        denied = _check(policy, lambda request: f"view {request.endpoint or view.__name__!r}")
         return denied if denied is not None else view(*args, **kwargs)
 
     _VIEW_DECISIONS[policed] = policy
@@ -271,27 +271,30 @@ def _decision_for(app: flask.Flask, name: str) -> Decision | None:
     return None
 
 
-def _check(policy: _Policy, scope: str) -> flask.Response | None:
+def _check(policy: _Policy, scope: str | Callable[[flask.Request], str]) -> flask.Response | None:
     """Apply ``policy`` to the current request: None to proceed, else the 403.
 
-    ``scope`` names the blueprint or view whose policy this is, for the log.
-    In report mode a would-be denial is logged at WARNING, counted and served;
-    missing mTLS keys are denied in either mode (nothing can be evaluated).
+    ``scope`` names the blueprint or view whose policy this is, for the log
+    (or computes that name from the request). In report mode a would-be
+    denial is logged at WARNING, counted and served; missing mTLS keys are
+    denied in either mode (nothing can be evaluated).
+
+    Runs on every request into a policed blueprint, so the allowed path
+    computes no log text: the scope's name (when the request has an
+    endpoint) and the request's description only on a denial.
     """
-    request = flask.request
+    request: flask.Request = flask.request._get_current_object()  # type: ignore[attr-defined]
     environ = request.environ
     rules = policy.rules
-    endpoint = request.endpoint or scope
-    where = f"{request.method} {request.path} ({scope}, from {environ.get('REMOTE_ADDR', '-')})"
     if "SSL_CLIENT_VERIFY" not in environ:
         # Fail closed: without our worker nothing vouches for any identity
         # (e.g. gunicorn swapped in its stock gthread worker).
         logger.error(
             "denied %s: no mTLS keys in the WSGI environ; the app is not running under "
             "mtls.worker.MtlsWorker (start gunicorn with -c python:mtls.gunicorn_conf)",
-            where,
+            _where(request, scope),
         )
-        count_decision(endpoint, "deny", "enforce")
+        count_decision(_endpoint(request, scope), "deny", "enforce")
         return _deny(NO_CERTIFICATE)
     peer = PeerNames.from_environ(environ)
     if peer is None:
@@ -301,16 +304,32 @@ def _check(policy: _Policy, scope: str) -> flask.Response | None:
     else:
         failure = rules.failure(peer)
         if failure is None:
-            count_decision(endpoint, "allow", rules.mode)
+            count_decision(_endpoint(request, scope), "allow", rules.mode)
             return None
         reason = f"subject {peer.subject_dn!r} does not match {rules.setting} ({failure})"
         body = NOT_RECOGNIZED
-    count_decision(endpoint, "deny", rules.mode)
+    count_decision(_endpoint(request, scope), "deny", rules.mode)
     if rules.mode == "report":
-        logger.warning("report mode, served what enforce would deny: %s: %s", where, reason)
+        logger.warning(
+            "report mode, served what enforce would deny: %s: %s", _where(request, scope), reason
+        )
         return None
-    logger.warning("denied %s: %s", where, reason)
+    logger.warning("denied %s: %s", _where(request, scope), reason)
     return _deny(body)
+
+
+def _scope(request: flask.Request, scope: str | Callable[[flask.Request], str]) -> str:
+    return scope if isinstance(scope, str) else scope(request)
+
+
+def _endpoint(request: flask.Request, scope: str | Callable[[flask.Request], str]) -> str:
+    """What decisions are counted under: the endpoint, or for an unrouted request the scope."""
+    return request.endpoint or _scope(request, scope)
+
+
+def _where(request: flask.Request, scope: str | Callable[[flask.Request], str]) -> str:
+    remote = request.environ.get("REMOTE_ADDR", "-")
+    return f"{request.method} {request.path} ({_scope(request, scope)}, from {remote})"
 
 
 def _deny(message: str) -> flask.Response:

@@ -34,6 +34,7 @@ revoked (the handshake's job), IP and e-mail SANs, non-SPIFFE URIs.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -103,16 +104,30 @@ def names_of_certificate(cert: x509.Certificate) -> PeerNames:
 def _numbered(
     environ: Mapping[str, Any], key: str, *, first_plain: bool = False
 ) -> tuple[str, ...]:
-    """mod_ssl's repeats: ``KEY``, ``KEY_1``, ... (DN parts) or ``KEY_0``, ``KEY_1``, ... (SANs)."""
+    """mod_ssl's repeats: ``KEY``, ``KEY_1``, ... (DN parts) or ``KEY_0``, ``KEY_1``, ... (SANs).
+
+    Read on every policed request: the first few key names are spelled
+    once (``_key_names``), not formatted per request.
+    """
     values: list[str] = []
-    index = 0
-    while True:
-        name = key if first_plain and index == 0 else f"{key}_{index}"
+    for name in _key_names(key, first_plain):
         value = environ.get(name)
         if not isinstance(value, str):
             return tuple(values)
         values.append(value)
+    index = len(values)
+    while isinstance(value := environ.get(f"{key}_{index}"), str):
+        values.append(value)
         index += 1
+    return tuple(values)
+
+
+@functools.cache
+def _key_names(key: str, first_plain: bool) -> tuple[str, ...]:
+    return tuple(key if first_plain and i == 0 else f"{key}_{i}" for i in range(_SPELLED))
+
+
+_SPELLED = 8
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from mtls.identity import PeerIdentity
 from mtls.linger import Lingerer
 from mtls.proxyphase import ProxyHeaderReader
 from mtls.requesthead import RequestBuffer
+from mtls.responsehead import MAX_JOINED_BODY, may_wait_for_body
 
 # Where a connection is on its way to a pool thread. Each value once:
 #   proxy     reading the PROXY header (peer in MTLS_PROXY_ALLOW_FROM)
@@ -34,19 +35,29 @@ Phase = Literal["proxy", "sniff", "tls", "idle", "busy", "closed"]
 
 
 class BoundedSSLSocket(ssl.SSLSocket):
-    """An SSLSocket whose "blocking" mode waits ``io_timeout`` at most.
+    """An SSLSocket whose "blocking" mode waits ``io_timeout`` at most, and writes a head once.
 
     gthread's ``handle()`` calls ``setblocking(True)`` before every request,
     which would wait forever on a peer that stops sending its body or stops
     reading our response. A stall surfaces as ``TimeoutError`` carrying
     ECONNRESET, which gthread logs at DEBUG like the reset it amounts to
     (and its own deadline-bounded body drain still recognises as a timeout).
+
+    With ``hold_head`` set (by the worker, for one response), a response
+    head that mtls.responsehead says may wait is kept and sent with the
+    next write, in one TLS record; ``release_held`` sends whatever is still
+    held, and any other write or a shutdown sends it first.
+
+    These methods run for every request: plain try/except, no context
+    manager (~1 us each, six of them per request).
     """
 
     io_timeout: float | None = None
     # Monotonic time by which the request being read must be whole: a body
     # dripped a byte per io_timeout would otherwise hold the thread for ever.
     read_deadline: float | None = None
+    hold_head = False
+    _held: bytes | None = None
 
     def setblocking(self, flag: bool) -> None:
         if flag and self.io_timeout is not None:
@@ -56,19 +67,26 @@ class BoundedSSLSocket(ssl.SSLSocket):
 
     def recv(self, buflen: int = 1024, flags: int = 0) -> bytes:
         self._bound_by_deadline()
-        with self._stall_as_reset("read"):
+        try:
             return super().recv(buflen, flags)
+        except TimeoutError:
+            raise self._stalled("read") from None
 
     def recv_into(self, buffer: Any, nbytes: int | None = None, flags: int = 0) -> int:
         self._bound_by_deadline()
-        with self._stall_as_reset("read"):
+        try:
             return super().recv_into(buffer, nbytes, flags)
+        except TimeoutError:
+            raise self._stalled("read") from None
 
     def _bound_by_deadline(self) -> None:
         """In blocking mode, never wait past the request's deadline (only ever tighter)."""
-        deadline, current = self.read_deadline, self.gettimeout()
-        if deadline is None or current == 0.0:
-            return  # no deadline, or non-blocking (the event loop reads this way)
+        deadline = self.read_deadline
+        if deadline is None:
+            return
+        current = self.gettimeout()
+        if current == 0.0:
+            return  # non-blocking (the event loop reads this way)
         left = deadline - time.monotonic()
         if left <= 0:
             raise TimeoutError(errno.ECONNRESET, "request body not complete in time")
@@ -76,21 +94,50 @@ class BoundedSSLSocket(ssl.SSLSocket):
             self.settimeout(left)
 
     def send(self, data: Any, flags: int = 0) -> int:
-        with self._stall_as_reset("write"):
+        if self._held is not None:
+            self.release_held()
+        try:
             return super().send(data, flags)
+        except TimeoutError:
+            raise self._stalled("write") from None
 
     def sendall(self, data: Any, flags: int = 0) -> None:
-        with self._stall_as_reset("write"):
-            super().sendall(data, flags)
+        held = self._held
+        if held is not None:
+            self._held = None
+            if len(data) <= MAX_JOINED_BODY:
+                data = held + data
+            else:
+                self._sendall(held, flags)
+        elif self.hold_head:
+            self.hold_head = False  # the first write of the response only
+            if may_wait_for_body(data):
+                self._held = data
+                return
+        self._sendall(data, flags)
 
-    @contextlib.contextmanager
-    def _stall_as_reset(self, op: str) -> Any:
+    def release_held(self) -> None:
+        """Send the held head, if any (the worker calls it when the response is done)."""
+        held, self._held = self._held, None
+        if held is not None:
+            self._sendall(held, 0)
+
+    def shutdown(self, how: int) -> None:
+        if self._held is not None:
+            with contextlib.suppress(OSError):
+                self.release_held()
+        super().shutdown(how)
+
+    def _sendall(self, data: Any, flags: int) -> None:
         try:
-            yield
+            super().sendall(data, flags)
         except TimeoutError:
-            raise TimeoutError(
-                errno.ECONNRESET, f"peer stalled: no {op} progress within {self.gettimeout()}s"
-            ) from None
+            raise self._stalled("write") from None
+
+    def _stalled(self, op: str) -> TimeoutError:
+        return TimeoutError(
+            errno.ECONNRESET, f"peer stalled: no {op} progress within {self.gettimeout()}s"
+        )
 
 
 class MtlsConn(TConn):  # type: ignore[misc]

@@ -61,3 +61,19 @@ def test_formatter_escapes_the_message_and_keeps_a_traceback_readable() -> None:
     assert traceback[-1] == "ValueError: bad CN=x\\u2028y"
     assert text.isascii()
     assert record.getMessage() == "denied /p\u2028q: 'a'"  # the record itself is untouched
+
+
+@pytest.mark.parametrize(
+    ("msg", "args", "logged"),
+    [
+        ("finished line, 100%", (), "finished line, 100%"),  # as the access log's records
+        ("finished CN=x\u2028y", (), "finished CN=x\\u2028y"),
+        ("%s", ("CN=x\u0085y",), "CN=x\\x85y"),
+    ],
+)
+def test_formatter_escapes_records_with_and_without_arguments(
+    msg: str, args: tuple[str, ...], logged: str
+) -> None:
+    formatter = LogSafeFormatter(logging.Formatter("%(message)s"))
+    record = logging.LogRecord("gunicorn.access", logging.INFO, __file__, 1, msg, args, None)
+    assert formatter.format(record) == logged

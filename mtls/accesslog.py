@@ -1,0 +1,174 @@
+"""The access log line, computed from the atoms its format names and nothing else.
+
+gunicorn's ``Logger.access`` builds a dict of every atom it knows before
+formatting: every request header, every response header and every environ
+key, lower-cased and quote-escaped. Our worker puts some thirty mod_ssl keys
+in the environ (the PEM certificate among them), so that dict cost about
+60 us of a ~290 us keep-alive request (bench/RESULTS.md). Here the format
+is read once (per configuration: ``MtlsLogger.setup`` recompiles it) into
+the list of atoms it uses, and each request computes those alone, with
+gunicorn's rules for each (``glogging.Logger.atoms`` and ``SafeAtoms``,
+gunicorn 27): ``"`` in a string value becomes ``\\"``, an unknown atom is
+``-``, ``{name}i/o/e`` atoms are case-insensitive. tests/test_accesslog.py
+holds the two outputs side by side for every atom.
+
+Deliberately different, and only where nothing is visible in the line:
+- the record's ``msg`` is the finished line and its ``args`` empty (gunicorn
+  passes the format and the atoms); a handler of ours formats only
+  ``%(message)s``, and the fast path is used only while every handler on
+  ``gunicorn.access`` is one gunicorn set up (``fast_path_allowed``), never
+  with a ``logconfig*`` of the operator's, whose formatters may read ``args``;
+- the record is made without ``Logger.findCaller`` (its pathname/lineno would
+  name gunicorn's glogging.py, which no access format shows).
+The line still goes through the handlers' LogSafeFormatter (mtls.logs), so
+escaping is unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+# A %(name)... conversion of the format; "%%(" is a literal and not an atom.
+_ATOM = re.compile(r"(?<!%)(?:%%)*%\(([^)]*)\)")
+_SIMPLE = "hlutrsmUqHbBfaTDMLp"
+
+Getter = Callable[[Any, Any, Any, Mapping[str, Any], Any], Any]
+
+
+def atom_names(fmt: str) -> tuple[str, ...]:
+    """The atoms ``fmt`` names, each once, in order of first use."""
+    return tuple(dict.fromkeys(_ATOM.findall(fmt)))
+
+
+class AccessFormat:
+    """One access_log_format, compiled: a getter per atom it names."""
+
+    def __init__(self, fmt: str) -> None:
+        self.fmt = fmt
+        self._getters = tuple((name, _getter(name)) for name in atom_names(fmt))
+
+    def line(self, log: Any, resp: Any, req: Any, environ: Mapping[str, Any], took: Any) -> str:
+        """The line gunicorn would log: ``fmt % SafeAtoms(atoms(...))``, for these atoms only."""
+        atoms: dict[str, Any] = {}
+        for name, get in self._getters:
+            value = get(log, resp, req, environ, took)
+            atoms[name] = value.replace('"', '\\"') if isinstance(value, str) else value
+        return self.fmt % atoms
+
+
+def _getter(name: str) -> Getter:
+    if name.startswith("{"):
+        return _braced(name)
+    if len(name) == 1 and name in _SIMPLE:
+        return _SIMPLE_GETTERS[name]
+    return _dash
+
+
+def _dash(log: Any, resp: Any, req: Any, environ: Mapping[str, Any], took: Any) -> str:
+    return "-"
+
+
+def _braced(name: str) -> Getter:
+    """``{header}i``, ``{header}o``, ``{key}e``; anything else is unknown, hence ``-``."""
+    lowered = name.lower()
+    if len(lowered) < 3 or not lowered.endswith(("}i", "}o", "}e")):
+        return _dash
+    key, kind = lowered[1:-2], lowered[-1]
+    if kind == "e":
+        spellings = tuple(dict.fromkeys((key.upper(), key, name[1:-2])))
+        return lambda log, resp, req, environ, took: _environ_value(environ, spellings, key)
+    if kind == "i":
+        return lambda log, resp, req, environ, took: _header(_request_headers(req), key)
+    return lambda log, resp, req, environ, took: _header(resp.headers, key)
+
+
+def _environ_value(environ: Mapping[str, Any], spellings: tuple[str, ...], key: str) -> Any:
+    """The environ value whose lower-cased key is ``key`` (gunicorn lower-cases them all).
+
+    The exact spellings first (upper case, as every CGI and mod_ssl key is;
+    lower case; as written in the format), then a scan. Differs from
+    gunicorn only for an environ holding two keys that differ by case
+    alone, where gunicorn keeps whichever comes last: not worth a scan of
+    every key on every request.
+    """
+    for spelling in spellings:
+        value = environ.get(spelling, _MISSING)
+        if value is not _MISSING:
+            return value
+    found: Any = "-"
+    for other, value in environ.items():
+        if other.lower() == key:
+            found = value
+    return found
+
+
+_MISSING = object()
+
+
+def _request_headers(req: Any) -> Any:
+    headers = req.headers if hasattr(req, "headers") else req
+    return headers.items() if hasattr(headers, "items") else headers
+
+
+def _header(headers: Any, key: str) -> Any:
+    """The last header named ``key`` (case-insensitive), as gunicorn's dict keeps it, or ``-``."""
+    found: Any = "-"
+    for name, value in headers.items() if hasattr(headers, "items") else headers:
+        if name.lower() == key:
+            found = value
+    return found
+
+
+def _status(resp: Any) -> Any:
+    status = resp.status
+    return status.split(None, 1)[0] if isinstance(status, str) else status
+
+
+def _sent(resp: Any) -> Any:
+    return getattr(resp, "sent", None)
+
+
+_SIMPLE_GETTERS: dict[str, Getter] = {
+    "h": lambda log, resp, req, env, took: env.get("REMOTE_ADDR", "-"),
+    "l": _dash,
+    "u": lambda log, resp, req, env, took: log._get_user(env) or "-",
+    "t": lambda log, resp, req, env, took: log.now(),
+    "r": lambda log, resp, req, env, took: (
+        f"{env['REQUEST_METHOD']} {env['RAW_URI']} {env['SERVER_PROTOCOL']}"
+    ),
+    "s": lambda log, resp, req, env, took: _status(resp),
+    "m": lambda log, resp, req, env, took: env.get("REQUEST_METHOD"),
+    "U": lambda log, resp, req, env, took: env.get("PATH_INFO"),
+    "q": lambda log, resp, req, env, took: env.get("QUERY_STRING"),
+    "H": lambda log, resp, req, env, took: env.get("SERVER_PROTOCOL"),
+    "b": lambda log, resp, req, env, took: (_sent(resp) is not None and str(resp.sent)) or "-",
+    "B": lambda log, resp, req, env, took: _sent(resp),
+    "f": lambda log, resp, req, env, took: env.get("HTTP_REFERER", "-"),
+    "a": lambda log, resp, req, env, took: env.get("HTTP_USER_AGENT", "-"),
+    "T": lambda log, resp, req, env, took: took.seconds,
+    "D": lambda log, resp, req, env, took: took.seconds * 1000000 + took.microseconds,
+    "M": lambda log, resp, req, env, took: took.seconds * 1000 + int(took.microseconds / 1000),
+    "L": lambda log, resp, req, env, took: f"{took.seconds:d}.{took.microseconds:06d}",
+    "p": lambda log, resp, req, env, took: f"<{os.getpid()}>",
+}
+
+
+def fast_path_allowed(cfg: Any, access_log: logging.Logger) -> bool:
+    """Whether the access log is gunicorn's own handlers only (module docstring)."""
+    if any(getattr(cfg, name, None) for name in ("logconfig", "logconfig_dict", "logconfig_json")):
+        return False
+    return all(getattr(handler, "_gunicorn", False) for handler in access_log.handlers)
+
+
+def emit(access_log: logging.Logger, line: str) -> None:
+    """``access_log.info(line)`` without the caller lookup (module docstring)."""
+    if access_log.disabled or not access_log.isEnabledFor(logging.INFO):
+        return
+    record = access_log.makeRecord(
+        access_log.name, logging.INFO, __file__, 0, line, (), None, "access"
+    )
+    access_log.handle(record)

@@ -1,0 +1,150 @@
+"""mtls.accesslog: the access line from the atoms its format names, equal to gunicorn's own.
+
+Real gunicorn objects: a request parsed by gunicorn's parser, the response
+gunicorn's wsgi.create builds on a real socket pair, and gunicorn's Logger
+formatting the same format the way its ``access`` does (``SafeAtoms``).
+"""
+
+from __future__ import annotations
+
+import datetime
+import io
+import logging
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from gunicorn import glogging
+from gunicorn.config import Config
+from gunicorn.http import wsgi
+from gunicorn.http.parser import RequestParser
+
+from mtls.accesslog import AccessFormat, atom_names
+from mtls.logs import MtlsLogger
+
+EVERY_ATOM = (
+    '%(h)s %(l)s %(u)s "%(r)s" %(s)s %(m)s %(U)s %(q)s %(H)s %(b)s %(B)s "%(f)s" "%(a)s" '
+    "%(T)s %(D)s %(M)s %(L)s %(p)s %(x)s %%(h)s %({x-quote}i)s %({X-QUOTE}I)s %({host}i)s "
+    "%({content-type}o)s %({X-Resp}o)s %({missing}o)s %({ssl_client_s_dn}e)s "
+    "%({SSL_CLIENT_S_DN}e)s %({Mixed_Case}e)s %({wsgi.url_scheme}e)s %({nope}e)s %({bad}x)s "
+    "%({}e)s dn=%({SSL_CLIENT_S_DN}e)s"
+)
+SHIPPED = (
+    '%(h)s:%({REMOTE_PORT}e)s "%(r)s" %(s)s %(b)s %(M)sms '
+    'dn="%({SSL_CLIENT_S_DN}e)s" tls=%({SSL_PROTOCOL}e)s resumed=%({SSL_SESSION_RESUMED}e)s'
+)
+REQUEST = (
+    b"GET /users/1?q=%22x%22 HTTP/1.1\r\nHost: localhost\r\n"
+    b'User-Agent: ua "quoted"\r\nReferer: http://r/\r\nX-Quote: a"b\r\nX-Quote: last"one\r\n'
+    b"Authorization: Basic dXNlcjpwdw==\r\n\r\n"
+)
+
+
+@pytest.fixture
+def served() -> Iterator[tuple[Any, Any, dict[str, Any]]]:
+    """A parsed request and its sent response, as handle_request has them when it logs."""
+    cfg = Config()
+    server, client = socket.socketpair()
+    with server, client:
+        req = next(RequestParser(cfg, iter([REQUEST]), ("127.0.0.1", 4242)))
+        resp, environ = wsgi.create(req, server, ("127.0.0.1", 4242), ("127.0.0.1", 8443), cfg)
+        environ.update(
+            {
+                "SSL_CLIENT_S_DN": 'CN=a "b",O=Example',
+                "SSL_PROTOCOL": "TLSv1.3",
+                "SSL_SESSION_RESUMED": "Initial",
+                "Mixed_Case": "mixed",
+            }
+        )
+        resp.start_response("200 OK", [("Content-Type", "application/json"), ("X-Resp", 'r"1')])
+        resp.write(b'{"id":1}')
+        resp.close()
+        yield resp, req, environ
+
+
+def gunicorn_line(fmt: str, resp: Any, req: Any, environ: Any, took: Any) -> str:
+    log = glogging.Logger(Config())
+    line: str = fmt % glogging.SafeAtoms(log.atoms(resp, req, environ, took))
+    return line
+
+
+@pytest.mark.parametrize(
+    "fmt", [EVERY_ATOM, SHIPPED, "no atoms at all", Config().access_log_format]
+)
+def test_the_line_is_gunicorns_own_for_every_atom(
+    served: tuple[Any, Any, dict[str, Any]], fmt: str
+) -> None:
+    resp, req, environ = served
+    took = datetime.timedelta(seconds=1, microseconds=234567)
+    ours = AccessFormat(fmt).line(glogging.Logger(Config()), resp, req, environ, took)
+    assert ours == gunicorn_line(fmt, resp, req, environ, took)
+    assert "%(h)s" in ours or fmt != EVERY_ATOM  # the literal %% stays literal
+
+
+def test_the_time_atom_is_gunicorns_format(served: tuple[Any, Any, dict[str, Any]]) -> None:
+    resp, req, environ = served
+    line = AccessFormat("%(t)s").line(
+        glogging.Logger(Config()), resp, req, environ, datetime.timedelta()
+    )
+    datetime.datetime.strptime(line, "[%d/%b/%Y:%H:%M:%S %z]")
+
+
+def test_only_the_named_atoms_are_read() -> None:
+    assert atom_names(SHIPPED) == (
+        "h",
+        "{REMOTE_PORT}e",
+        "r",
+        "s",
+        "b",
+        "M",
+        "{SSL_CLIENT_S_DN}e",
+        "{SSL_PROTOCOL}e",
+        "{SSL_SESSION_RESUMED}e",
+    )
+    assert atom_names("%%(h)s %%%(u)s") == ("u",)
+
+
+def logger_writing_to(stream: io.StringIO, **settings: Any) -> MtlsLogger:
+    cfg = Config()
+    cfg.set("accesslog", "-")
+    cfg.set("access_log_format", SHIPPED)
+    for name, value in settings.items():
+        cfg.set(name, value)
+    log = MtlsLogger(cfg)
+    point_at(log, stream)
+    return log
+
+
+def point_at(log: MtlsLogger, stream: io.StringIO) -> None:
+    for handler in log.access_log.handlers:
+        if getattr(handler, "_gunicorn", False) and isinstance(handler, logging.StreamHandler):
+            handler.setStream(stream)
+
+
+def test_the_logger_writes_the_line_escaped_through_its_handlers(
+    served: tuple[Any, Any, dict[str, Any]],
+) -> None:
+    resp, req, environ = served
+    environ["SSL_CLIENT_S_DN"] = "CN=x\u2028forged line"
+    stream = io.StringIO()
+    log = logger_writing_to(stream)
+    log.access(resp, req, environ, datetime.timedelta(microseconds=3000))
+    assert stream.getvalue() == (
+        '127.0.0.1:4242 "GET /users/1?q=%22x%22 HTTP/1.1" 200 8 3ms '
+        'dn="CN=x\\u2028forged line" tls=TLSv1.3 resumed=Initial\n'
+    )
+
+
+def test_a_changed_format_is_gunicorns_path_until_setup_compiles_it(
+    served: tuple[Any, Any, dict[str, Any]],
+) -> None:
+    resp, req, environ = served
+    stream = io.StringIO()
+    log = logger_writing_to(stream)
+    log.cfg.set("access_log_format", "%(m)s %({x-quote}i)s")
+    log.access(resp, req, environ, datetime.timedelta())
+    log.setup(log.cfg)
+    point_at(log, stream)
+    log.access(resp, req, environ, datetime.timedelta())
+    assert stream.getvalue() == 'GET last\\"one\n' * 2
