@@ -158,6 +158,11 @@ def on_reload(server: Any) -> None:
     workers keep the listener context, and so every session ticket, unless
     the change is one that must end old sessions (needs_new_workers).
     """
+    with _LOADING:  # never interleaved with the watcher's load (hostile review)
+        _reload_for_new_workers(server)
+
+
+def _reload_for_new_workers(server: Any) -> None:
     loaded = _try_load(server)
     if loaded is None:
         return

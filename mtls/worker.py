@@ -49,7 +49,7 @@ from mtls.proxyphase import ProxyHeaderReader, Refuse, Step, Wait, refuse_unexpe
 from mtls.reloadstatus import ReloadStatus
 from mtls.requesthead import BUFFERED_BODY, MAX_PIECES, RequestBuffer, head_limit
 from mtls.serverconn import BoundedSSLSocket, MtlsConn, format_addr
-from mtls.serverstate import FileSet, TlsState, load_tls_state
+from mtls.serverstate import FileSet, TlsState, load_tls_state, needs_new_workers
 from mtls.statechannel import StateChannel
 from mtls.tls import ListenerContexts
 
@@ -561,6 +561,12 @@ class MtlsWorker(ThreadWorker):  # type: ignore[misc]
             return
         self.generation = generation
         if new.fingerprint == old.fingerprint:
+            return
+        why = needs_new_workers(old, new)
+        if why is not None:  # the master decides this too; never swap one in place
+            self.log.error(
+                "mTLS worker %s: not swapping in generation %d: %s", self.pid, generation, why
+            )
             return
         self.tls_state = new
         self.contexts.current = new.context
