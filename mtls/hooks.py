@@ -37,6 +37,7 @@ import time
 from typing import Any
 
 from mtls import metrics
+from mtls.balance import ConnectionTable
 from mtls.errors import MtlsError
 from mtls.health import Status, assess
 from mtls.reloadstatus import ReloadStatus
@@ -56,6 +57,7 @@ from mtls.worker import MtlsWorker
 _STATE = "mtls_state"
 _LISTENER = "mtls_listener"
 _CHANNEL = "mtls_channel"
+_BALANCE = "mtls_balance"
 _RELOADS = "mtls_reloads"
 _METRICS = "mtls_metrics_server"
 _METRICS_DIR = "mtls_metrics_dir"
@@ -92,6 +94,7 @@ def on_starting(server: Any) -> None:
     setattr(server, _STATE, state)
     setattr(server, _LISTENER, ListenerContexts(state.settings, state.context))
     setattr(server, _CHANNEL, StateChannel())
+    setattr(server, _BALANCE, ConnectionTable())
     setattr(server, _RELOADS, ReloadStatus(time.time()))
     bind = state.settings.metrics_bind
     if bind is not None:
@@ -127,6 +130,12 @@ def pre_fork(server: Any, worker: Any) -> None:
     worker.channel = channel
     worker.generation = channel.generation  # what the state above already holds
     worker.reload_status = getattr(server, _RELOADS)
+    # The worker being forked is not in server.WORKERS yet (gunicorn adds it after the fork).
+    table: ConnectionTable = getattr(server, _BALANCE)
+    worker.balance = table
+    worker.balance_slot = table.assign(
+        getattr(w, "balance_slot", None) for w in server.WORKERS.values()
+    )
 
 
 def post_fork(server: Any, worker: Any) -> None:
@@ -138,6 +147,9 @@ def post_fork(server: Any, worker: Any) -> None:
 
 def child_exit(server: Any, worker: Any) -> None:
     metrics.worker_exited(worker.pid)
+    slot = getattr(worker, "balance_slot", None)
+    if slot is not None:  # killed, it could not leave the table itself
+        getattr(server, _BALANCE).clear(slot)
 
 
 def on_exit(server: Any) -> None:

@@ -38,6 +38,7 @@ from gunicorn import http
 from gunicorn.workers.gthread import STOP_KEEPALIVE_LINGER, ThreadWorker
 
 from mtls.admission import WaitingSet
+from mtls.balance import PAUSE, AcceptGate, ConnectionTable
 from mtls.errors import ConfigError, MtlsError
 from mtls.failures import Refusal, describe_handshake_error, parse_certificate_message
 from mtls.health import RELOADS_ENVIRON_KEY, STATE_ENVIRON_KEY
@@ -76,6 +77,12 @@ class MtlsWorker(ThreadWorker):  # type: ignore[misc]
         self.listener: ListenerContexts | None = None
         self.channel: StateChannel | None = None
         self.generation = 0
+        # Also from pre_fork: this worker's slot in the table that spreads
+        # kept-alive connections over the workers (mtls.balance); None: it
+        # accepts whenever it can, as gthread does.
+        self.balance: ConnectionTable | None = None
+        self.balance_slot: int | None = None
+        self._gate: AcceptGate | None = None
         # Connections in PROXY/TLS, and handshaken ones waiting for a request:
         # bounded, dropping their oldest (mtls.admission); sized in init_process.
         self.handshaking: WaitingSet[MtlsConn] = WaitingSet(1, worth=_handshake_worth)
@@ -156,6 +163,45 @@ class MtlsWorker(ThreadWorker):  # type: ignore[misc]
 
     # -- accept (main thread) ------------------------------------------------
 
+    def run(self) -> None:
+        if self.balance is not None and self.balance_slot is not None:
+            # Joined only now, with the app loaded: a worker still importing
+            # it must not be handed connections it cannot take yet.
+            self._gate = AcceptGate(self.balance, self.balance_slot)
+            self._gate.join(self.pid, self.nr_conns)
+        try:
+            super().run()
+        finally:
+            self._leave_balance()
+
+    def _leave_balance(self) -> None:
+        gate, self._gate = self._gate, None
+        if gate is not None:
+            gate.leave()
+
+    def wait_for_and_dispatch_events(self, timeout: float) -> None:
+        """gthread's, plus two rules about time.
+
+        A listener taken off the poller for a moment (balance, EMFILE) goes
+        back on when the moment ends, not at the next 1 s turn. And a set
+        the master published while this loop slept applies to whatever woke
+        it: an idle worker would otherwise hand the connection that woke it
+        the replaced certificate, up to a second after the master's
+        "reloaded in place" line (seen as one old serial among new ones).
+        """
+        paused = self._accept_paused_until - time.monotonic()
+        if paused > 0:
+            timeout = min(timeout, paused)
+        try:
+            events = self.poller.select(timeout)
+            if events:
+                self._follow_reloads()
+            for key, _ in events:
+                key.data(key.fileobj)
+        except OSError as e:
+            if e.errno != errno.EINTR:
+                raise
+
     def set_accept_enabled(self, enabled: bool) -> None:
         """Stop accepting only for the pool's backlog, never for half-open or idle peers.
 
@@ -166,11 +212,21 @@ class MtlsWorker(ThreadWorker):  # type: ignore[misc]
         """
         if self.alive and not enabled:
             enabled = self.busy < self.worker_connections
+        if not self.alive:
+            self._leave_balance()  # stopping: the other workers take the new connections
         if time.monotonic() < self._accept_paused_until:
             enabled = False
         super().set_accept_enabled(enabled)
 
     def accept(self, listener: socket.socket) -> None:
+        gate = self._gate
+        if gate is not None and not gate.should_accept(self.nr_conns, time.monotonic()):
+            # Another worker holds fewer connections and is accepting: it
+            # takes this one (mtls.balance). Off the poller for a moment, so a
+            # listener that stays readable does not spin this loop.
+            self._accept_paused_until = time.monotonic() + PAUSE
+            super().set_accept_enabled(False)
+            return
         try:
             sock, addr = listener.accept()
         except OSError as e:
@@ -181,6 +237,8 @@ class MtlsWorker(ThreadWorker):  # type: ignore[misc]
                 return
             raise
         settings = self.state.settings
+        if gate is not None:
+            gate.accepted()
         self._held(+1)
         conn = MtlsConn(self.cfg, sock, addr, listener.getsockname())
         conn.linger = self.lingerer
@@ -443,6 +501,8 @@ class MtlsWorker(ThreadWorker):  # type: ignore[misc]
     def _held(self, delta: int) -> None:
         self.nr_conns += delta
         self.metrics.connections(delta)
+        if self._gate is not None:
+            self._gate.held(self.nr_conns)
 
     def _refuse(self, conn: MtlsConn, refusal: Refusal) -> None:
         if conn.phase in ("busy", "closed"):

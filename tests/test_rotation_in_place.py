@@ -250,6 +250,31 @@ def test_a_renewed_certificate_reaches_the_running_workers_without_restarting_th
             assert environ["SSL_SESSION_RESUMED"] == "Resumed"
 
 
+def test_once_the_master_says_reloaded_no_new_connection_gets_the_old_certificate(
+    pki: Path, tmp_path: Path
+) -> None:
+    """An idle worker sleeps up to a second in its poller; what wakes it gets the new set.
+
+    On the old code, a worker woken by a connection after the master
+    published handed that connection the replaced certificate (it looked at
+    the channel only after the turn's events), so one old serial showed up
+    among new ones for up to a second.
+    """
+    env = server_env(pki, "userservice", MTLS_RELOAD_INTERVAL="0.2")
+    ctx = client_context(pki, "homepage")
+    with running(ECHO, env, tmp_path / "wake.log", ctx) as server:
+        server.wait_for_log("Booting worker with pid", count=2)
+        for rotation in range(1, 4):
+            # Both workers idle in their pollers, the last reload long picked up.
+            server.wait_for_log(SWAPPED, timeout=20, count=2 * (rotation - 1))
+            time.sleep(0.3)  # nothing to wait for: the workers must be asleep
+            assert pki_cli.main(["renew", "userservice", "--dir", str(pki)]) == 0
+            new = x509.load_pem_x509_certificate((pki / "userservice.crt").read_bytes())
+            server.wait_for_log(f"mTLS reloaded in place (generation {rotation})", timeout=20)
+            seen = [presented_serial(server, ctx) for _ in range(4)]
+            assert seen == [new.serial_number] * 4, f"rotation {rotation}: {seen}"
+
+
 def test_a_changed_trust_bundle_replaces_the_workers_and_ends_every_old_session(
     pki: Path, tmp_path: Path
 ) -> None:

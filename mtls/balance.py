@@ -1,0 +1,151 @@
+"""Kept-alive connections spread over the workers: who holds how many (shared memory).
+
+Every worker polls the same listening socket; the kernel wakes them all and
+whichever runs first accepts. A kept-alive connection then stays with that
+worker for its whole life (the Home Page's pooled client keeps one for
+minutes), so an uneven accept is an uneven load for as long as the
+connections live: in one bench round one of 2 workers took all 8.
+``SO_REUSEPORT`` would not fix it: the kernel hashes each connection to a
+socket, so 8 connections land on 2 workers like coin flips (one of them
+gets 5 or more 73 % of the time).
+
+The rule: a worker that holds more connections than another one that is
+accepting lets that one accept, for as long as it is taking connections.
+Each worker writes its own slot (connections held, connections accepted);
+the others only read it. A worker passed a connection watches the other's
+accept counter: if it has not moved for ``WAIT`` (that worker is stuck,
+blocked, out of descriptors, or gone without its slot cleared yet), this
+worker accepts after all. So balancing can delay a connection by ``WAIT``
+at most, and never refuses one.
+
+An anonymous MAP_SHARED mapping made by the master before the first fork,
+as mtls.reloadstatus; slots are assigned by the master (pre_fork), joined
+by the worker when it starts accepting, cleared when it stops and again by
+the master when it exits. Single writer per slot and 8-byte aligned values;
+a reader that sees a value mid-write makes one wrong choice, which the
+``WAIT`` rule bounds.
+"""
+
+from __future__ import annotations
+
+import mmap
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+#: Workers that take part; one started beyond them (TTIN) accepts as gunicorn does.
+SLOTS = 128
+#: How long a worker waits on another's accept counter before accepting anyway.
+WAIT = 0.05
+#: How long a worker that passed a connection keeps its listener off its poller.
+PAUSE = 0.005
+
+_HEADER = struct.Struct("<Q")  # slots handed out so far (the high-water mark)
+_SLOT = struct.Struct("<qqQ")  # pid (0: not accepting), connections held, accepted so far
+_HELD = struct.Struct("<q")
+_ACCEPTED = struct.Struct("<Q")
+_STRIDE = 32
+
+
+@dataclass(frozen=True)
+class Peer:
+    held: int
+    accepted: int
+
+
+class ConnectionTable:
+    def __init__(self, slots: int = SLOTS) -> None:
+        self.slots = slots
+        self._map = mmap.mmap(-1, _HEADER.size + slots * _STRIDE)
+
+    # -- the master ---------------------------------------------------------
+
+    def assign(self, taken: Iterable[int | None]) -> int | None:
+        """The lowest slot no live worker has, emptied for a new one; None when all are taken."""
+        busy = {slot for slot in taken if slot is not None}
+        for slot in range(self.slots):
+            if slot not in busy:
+                self.clear(slot)
+                if slot >= self._high():
+                    _HEADER.pack_into(self._map, 0, slot + 1)
+                return slot
+        return None
+
+    def clear(self, slot: int) -> None:
+        _SLOT.pack_into(self._map, self._offset(slot), 0, 0, 0)
+
+    # -- a worker, its own slot ------------------------------------------------
+
+    def join(self, slot: int, pid: int, held: int) -> None:
+        _SLOT.pack_into(self._map, self._offset(slot), pid, held, 0)
+
+    def leave(self, slot: int) -> None:
+        """Stopped accepting: others no longer wait on it (the master clears the rest at exit)."""
+        self._map[self._offset(slot) : self._offset(slot) + 8] = bytes(8)
+
+    def set_held(self, slot: int, held: int) -> None:
+        _HELD.pack_into(self._map, self._offset(slot) + 8, held)
+
+    def count_accept(self, slot: int) -> None:
+        offset = self._offset(slot) + 16
+        _ACCEPTED.pack_into(self._map, offset, _ACCEPTED.unpack_from(self._map, offset)[0] + 1)
+
+    # -- a worker, the others' slots ---------------------------------------------
+
+    def others(self, slot: int) -> list[Peer]:
+        """The workers accepting now, except ``slot``'s."""
+        peers = []
+        for other in range(min(self._high(), self.slots)):
+            if other == slot:
+                continue
+            pid, held, accepted = _SLOT.unpack_from(self._map, self._offset(other))
+            if pid > 0:
+                peers.append(Peer(held, accepted))
+        return peers
+
+    def _high(self) -> int:
+        return int(_HEADER.unpack_from(self._map, 0)[0])
+
+    def _offset(self, slot: int) -> int:
+        if not 0 <= slot < self.slots:
+            raise IndexError(f"balance slot {slot} is not in 0..{self.slots - 1}")
+        return _HEADER.size + slot * _STRIDE
+
+
+class AcceptGate:
+    """One worker's slot, and its choice each time its listener is readable: accept, or not yet."""
+
+    def __init__(self, table: ConnectionTable, slot: int, wait: float = WAIT) -> None:
+        self.table = table
+        self.slot = slot
+        self.wait = wait
+        self._waiting_since: float | None = None
+        self._progress = -1
+
+    def join(self, pid: int, held: int) -> None:
+        self.table.join(self.slot, pid, held)
+
+    def leave(self) -> None:
+        self.table.leave(self.slot)
+
+    def held(self, held: int) -> None:
+        self.table.set_held(self.slot, held)
+
+    def accepted(self) -> None:
+        self.table.count_accept(self.slot)
+
+    def should_accept(self, held: int, now: float) -> bool:
+        others = self.table.others(self.slot)
+        if not any(peer.held < held for peer in others):
+            self._waiting_since = None
+            return True
+        progress = sum(peer.accepted for peer in others)
+        if self._waiting_since is None or progress != self._progress:
+            # A lighter worker exists and is taking connections: it gets this one.
+            self._waiting_since = now
+            self._progress = progress
+            return False
+        if now - self._waiting_since < self.wait:
+            return False
+        self._waiting_since = None  # nobody took one for WAIT: this worker does
+        return True
