@@ -179,13 +179,7 @@ def _reload_for_new_workers(server: Any) -> None:
     if loaded is None:
         return
     new, _ = loaded
-    old: TlsState = getattr(server, _STATE)
-    if needs_new_workers(old, new) is None:
-        getattr(server, _LISTENER).current = new.context
-    else:
-        setattr(server, _LISTENER, ListenerContexts(new.settings, new.context))
-    setattr(server, _STATE, new)
-    _log_state(server, new, "reloaded")
+    _adopt(server, new, "reloaded")
 
 
 def _reload_running_workers(server: Any) -> None:
@@ -208,12 +202,27 @@ def _reload_running_workers(server: Any) -> None:
         except TooLarge as e:
             why = str(e)
         else:
-            getattr(server, _LISTENER).current = new.context
-            setattr(server, _STATE, new)
-            _log_state(server, new, f"reloaded in place (generation {generation})")
+            _adopt(server, new, f"reloaded in place (generation {generation})")
             return
     server.log.info("mTLS: replacing the workers for the new TLS files: %s", why)
     os.kill(os.getpid(), signal.SIGHUP)
+
+
+def _adopt(server: Any, new: TlsState, verb: str) -> None:
+    """Make ``new`` the master's state: for the workers forked from now on, and the listener's.
+
+    The one rule for both reload paths, under _LOADING: the listener keeps its
+    session context (every worker's session-ticket key) and only moves its
+    handshakes to the new context, unless the change must end the old
+    sessions (needs_new_workers), which takes a new listener and so a new key.
+    """
+    old: TlsState = getattr(server, _STATE)
+    if needs_new_workers(old, new) is None:
+        getattr(server, _LISTENER).current = new.context
+    else:
+        setattr(server, _LISTENER, ListenerContexts(new.settings, new.context))
+    setattr(server, _STATE, new)
+    _log_state(server, new, verb)
 
 
 def _try_load(server: Any) -> tuple[TlsState, FileSet] | None:

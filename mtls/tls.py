@@ -78,7 +78,7 @@ class ListenerContexts:
         self.current = current
 
     def _switch(self, sslobj: Any, name: str | None, _ctx: ssl.SSLContext) -> None:
-        sslobj.mtls_sni = name  # Python exposes the SNI only here (for SSL_TLS_SNI)
+        _remember_sni(sslobj, name, _ctx)
         sslobj.context = self.current
 
 
