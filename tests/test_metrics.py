@@ -295,6 +295,30 @@ def test_reloads_while_prometheus_scrapes_leave_no_worker_stuck(pki: Path, tmp_p
             scraper.join()
 
 
+def test_a_worker_file_caught_mid_creation_gets_the_scrape_a_500_not_a_dropped_connection(
+    pki: Path, tmp_path: Path
+) -> None:
+    """The flake of the test above: a new worker's file read between prometheus_client's
+    open and its truncate (empty) raised in the handler, and the master cut the scrape
+    (RemoteDisconnected). Here such a file stays empty, so every retry meets it."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    with observed(pki, tmp_path, TMPDIR=str(scratch)) as server:
+        (directory,) = scratch.glob("mtls-metrics-*")  # the master's multiprocess directory
+        empty = directory / "counter_999999.db"
+        empty.touch()
+        status, body = scrape(server)
+        assert (status, json.loads(body)) == (
+            500,
+            {"message": "metrics collection failed; see the error log"},
+        )
+        server.wait_for_log("mTLS metrics: collecting the workers' files failed", timeout=UNTIL)
+        empty.unlink()  # the worker got as far as sizing it: scrapes are whole again
+        status, body = scrape(server)
+        assert status == 200
+        assert HANDSHAKES in body
+
+
 def test_silent_sockets_on_the_metrics_port_cost_the_master_no_threads(
     pki: Path, tmp_path: Path
 ) -> None:
