@@ -9,6 +9,7 @@ peer for ever.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import errno
 import socket
 import ssl
@@ -161,6 +162,9 @@ class MtlsConn(TConn):  # type: ignore[misc]
         self.tls_environ: dict[str, str] = {}
         self.peer: PeerIdentity | None = None
         self.cert: Any = None
+        # The client certificate's serial and notAfter, read once (mtls.worker._identify).
+        self.cert_serial = 0
+        self.cert_not_after = datetime.datetime.min.replace(tzinfo=datetime.UTC)
         self.close_after_response = False
         # The serial of the certificate this connection's handshake presented
         # (None: a context swapped during it); mtls.worker closes it once that changes.
