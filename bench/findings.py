@@ -1,4 +1,4 @@
-"""What limits the new and resumed connection, measured: RESULTS.md's notes (bench/run.py).
+"""What limits the new, resumed and kept-alive connection, measured: RESULTS.md's notes (bench/run.py).
 
 Measured on the bench machine on 2026-12-02 (the figures are this machine's,
 noisy as it is; the split is the stable part). How:
@@ -51,4 +51,60 @@ HANDSHAKE_NOTES = [
     "the MSG_PEEK probe 5 us; datetime.now 0.2 us; the SNI callback one Python call. "
     "gunicorn's once-per-loop utime of its heartbeat file shows in py-spy (wall clock) but "
     "costs 0.4 % of the CPU (perf).",
+]
+
+# Keep-alive request (targets 2a, 2b), measured on 2026-12-02 13:10-14:00 UTC while
+# other sessions loaded the machine: every server's CPU per request read ~4.2x
+# its bench/RESULTS.md figure (plain HTTP 910 us against 217), so the split is
+# given as shares and scaled to RESULTS.md's figures. How:
+# - "split": thread CPU (time.thread_time_ns) per function of the worker,
+#   ours + policy + access log under the bench's own 8-connection keep-alive
+#   client for 5 s (a gunicorn config wrapping the methods; py-spy's and
+#   perf's own overhead was larger than the parts: py-spy stopped the worker
+#   per sample, and perf sees no Python frames on 3.11);
+# - "micro": the piece in a loop on the server's CPU, min of 7 repeats;
+# - "A/B": the old code (72faaf7) and this code side by side, 3 interleaved
+#   rounds of 3 one-second slices, median (var/ka2-style harness: bench.run's
+#   sample/row_from on both trees at once).
+KEEPALIVE_NOTES = [
+    "Where a keep-alive request's server CPU goes (split, ours + policy + access log, "
+    "scaled to 326 us): pool thread 77 %: Flask with the DN policy ~92 us, gunicorn's "
+    "parser, environ and response ~100 us, the access log ~26 us, the TLS record write "
+    "(SSLSocket.send, one record and one syscall for head + body) ~19 us, the identity "
+    "environ (25 keys) ~7 us, setblocking x2 ~3 us; event loop 23 %: the TLS record read "
+    "(SSLSocket.recv) ~9 us, head buffer + re-check + hand-over to the pool ~23 us (of it "
+    "the pool submit 6 us, poller unregister 3.5 us), back from the pool and onto the "
+    "poller ~15 us, epoll and dispatch ~10 us, murder_pending ~4 us, gunicorn's heartbeat "
+    "utime ~3.5 us per turn (one turn per request).",
+    "Target 2a (ours + policy >= 0.95x plain, i.e. <= ~228 us) is out of reach on gunicorn's "
+    "request path: TLS alone costs ~27 us a request (stock gunicorn mTLS 244 vs plain 217; "
+    "the split's record read + write ~28 us), more than the 11 us that 0.95x allows, and "
+    "stock gunicorn with no identity and no policy already reads 0.89x. What is ours over "
+    "stock (~60 us with the policy) is the hand-over through the event loop (estimated ~25 us "
+    "over gthread's, which reads in the thread), the policy (~24 us: three Flask hooks "
+    "with ensure_sync instead of one, PeerNames read from ~8 environ keys, the decision "
+    "count), the identity environ (~7 us) and the re-check (~2 us).",
+    "Done for 2a (each micro): the kept-alive re-check reads the certificate's serial and "
+    "notAfter once per connection and the leaf serial once per state "
+    "(cryptography rebuilds both per read: 1.15 + 0.68 us, now 0.07 us); the idle deadline "
+    "scan runs only once the earliest deadline can have passed (was every turn: ~4 us a "
+    "request, split); a policy decision asks for the process's metrics once, not "
+    "os.environ per request (2.0 us). A/B (us per request, this machine, median; before / "
+    "after): ours + policy 1,267 / 1,296, plain 910: 0.72x / 0.70x, the ~6 us saved is "
+    "under this run's noise (per-round range 1,206-1,366).",
+    "Target 2b (access log <= 15 us): the line cost 28.8 us (micro): formatting the named "
+    "atoms 8 us, the LogRecord 5.3 us, Logger.handle and the handler 8 us, "
+    "cfg.access_log_format 1.7 us; now 15.2 us: where every handler writes the escaped "
+    "message alone (gunicorn's own '-' or file handler), the line is written under the "
+    "handler's lock without a record (mtls.logs.write_plain_line), and the format's "
+    "Setting is read directly. A/B: access log extra 240 us before (per round 289, 233, "
+    "144; ~57 us at RESULTS.md's scale) and -41 us after (-101, -41, +2: within noise, "
+    "i.e. too small to see here); the figure of record is the next quiet `make bench`. "
+    "What is left is the 8 us of atoms (ten getters, the quote escape, the % format) and "
+    "the write + flush syscall (1.9 us).",
+    "Measured and left: the pool submit and the method-queue wake-up (~10 us, gthread's "
+    "design), the per-turn heartbeat utime (~3.5 us, gthread's run loop, which the "
+    "balancing work owns), werkzeug/Flask's own ~90 us, gunicorn's parser and Response "
+    "(~100 us). The next step for 2a would be a narrower request path (a parser and "
+    "response for the common GET) or fewer Flask hooks, not identity or policy.",
 ]
