@@ -1,4 +1,4 @@
-"""What limits the new, resumed and kept-alive connection, measured: RESULTS.md's notes (bench/run.py).
+"""What limits the new, resumed and kept-alive connection, measured: RESULTS.md's notes.
 
 Measured on the bench machine on 2026-12-02 (the figures are this machine's,
 noisy as it is; the split is the stable part). How:
@@ -53,7 +53,7 @@ HANDSHAKE_NOTES = [
     "costs 0.4 % of the CPU (perf).",
 ]
 
-# Keep-alive request (targets 2a, 2b), measured on 2026-12-02 13:10-14:00 UTC while
+# Keep-alive request (targets 2a, 2b), measured on 2026-12-02 13:05-13:25 UTC while
 # other sessions loaded the machine: every server's CPU per request read ~4.2x
 # its bench/RESULTS.md figure (plain HTTP 910 us against 217), so the split is
 # given as shares and scaled to RESULTS.md's figures. How:
