@@ -140,7 +140,7 @@ class BoundedSSLSocket(ssl.SSLSocket):
         """
         try:
             sslobj: Any = self._sslobj  # type: ignore[attr-defined]  # ssl.py's own
-            if sslobj is not None and flags == 0 and type(data) is bytes:
+            if sslobj is not None and flags == 0 and type(data) is bytes and data:
                 sent = sslobj.write(data)
                 if sent >= len(data):
                     return

@@ -185,3 +185,11 @@ def test_a_write_larger_than_the_socket_buffers_arrives_whole_and_in_order(
     reader.join(30)
     assert not reader.is_alive()
     assert received == data
+
+
+def test_an_empty_write_sends_nothing(tls_pair: tuple[BoundedSSLSocket, ssl.SSLSocket]) -> None:
+    server, client = tls_pair
+    server.sendall(b"")
+    assert not readable(client)
+    server.sendall(BODY)
+    assert client.recv(65536) == BODY
