@@ -1,4 +1,4 @@
-"""What limits the new and resumed connection, measured: RESULTS.md's notes (bench/run.py).
+"""What limits the new, resumed and kept-alive connection, measured: RESULTS.md's notes.
 
 Measured on the bench machine on 2026-12-02 (the figures are this machine's,
 noisy as it is; the split is the stable part). How:
@@ -51,4 +51,67 @@ HANDSHAKE_NOTES = [
     "the MSG_PEEK probe 5 us; datetime.now 0.2 us; the SNI callback one Python call. "
     "gunicorn's once-per-loop utime of its heartbeat file shows in py-spy (wall clock) but "
     "costs 0.4 % of the CPU (perf).",
+]
+
+# Keep-alive request (targets 2a, 2b), measured on 2026-12-02 13:05-13:45 UTC
+# while other sessions loaded the machine: every server's CPU per request read
+# ~4-5x its figure in bench/RESULTS.md (plain HTTP ~900 us against 217), so
+# the split is given as shares, scaled to RESULTS.md's figures. How:
+# - "split": thread CPU (time.thread_time_ns) per method of the worker, ours +
+#   policy + access log under the bench's own 8-connection keep-alive client
+#   for 5 s, one run before and one after (a gunicorn config that wraps the
+#   methods; py-spy stopped the worker on every sample and cost more than the
+#   parts measured, and perf sees no Python frames on 3.11);
+# - "micro": the piece in a loop on the server's CPU, min of 7 repeats;
+# - "A/B": the old code (72faaf7) and this code served side by side, 5
+#   interleaved rounds of 3 one-second slices (bench.run's sample/row_from on
+#   both trees at once), median of the rounds, paired per round.
+KEEPALIVE_NOTES = [
+    "Where a keep-alive request's server CPU goes (split, ours + policy + access log, before "
+    "this round's changes, scaled to 326 us): pool thread 77 %: Flask with the DN policy "
+    "~92 us, gunicorn's parser, environ and response ~100 us, the access log ~26 us, the TLS "
+    "record write (head + body in one record, one syscall) ~19 us plus ~8 us of ssl.py's "
+    "sendall loop around it, the identity environ (25 keys) ~7 us, setblocking x2 ~3 us; "
+    "event loop 23 %: the TLS record read (SSLSocket.recv) ~9 us, head buffer + re-check + "
+    "hand-over ~23 us (the pool submit 6 us, poller unregister 3.5 us, the re-check's "
+    "certificate reads 2 us), back from the pool onto the poller ~15 us, epoll and dispatch "
+    "~10 us, murder_pending ~4 us, gunicorn's heartbeat utime ~3.5 us (one loop turn per "
+    "request).",
+    "Done (each measured): the access log line written without a LogRecord where every "
+    "handler writes the escaped message alone, gunicorn's own (micro 28.8 -> 15.2 us: the "
+    "record 5.3 us and Logger.handle 8 us gone, the format's Setting read directly, 1.7 us); "
+    "a response write of bytes as one OpenSSL write instead of ssl.py's memoryview loop "
+    "(split: sendall -24 %); the kept-alive re-check with the certificate's serial and "
+    "notAfter read once per connection and the leaf serial once per state (1.15 + 0.68 us "
+    "-> 0.07 us; split: hand-over -23 %); the idle-deadline scan only once the earliest "
+    "deadline can have passed, and reloads looked up once a turn instead of twice (split: "
+    "murder_pending + reload checks 27 -> 19, ~1.6 us); the policy's unrouted guard and "
+    "decision count without Flask's proxies and os.environ (micro: 2.6 -> 0.6 us, "
+    "4.7 -> 3.2 us). Split, before / after, at this machine's scale: access log 137 / 74, "
+    "sendall 145 / 111, hand-over 93 / 72, whole request ~1,720 / ~1,480 us (-14 %, some "
+    "of it the app's own noise).",
+    "A/B (us per request at this machine's ~4.2x scale, median, before / after): ours + "
+    "policy 1,232 / 1,241 (paired per round: +59, -89, +45, +66, -52: the ~15-20 us saved "
+    "at RESULTS.md's scale is under this run's noise), plain 905, so 2a 0.73x / 0.73x; ours "
+    "+ policy + access log 1,392 / 1,257 (paired: -224, -87, -74, +48, -153); the access log's "
+    "extra 160 / 16 us (per round 217, 60, 273, 166, 216 / -66, 62, 154, 148, 115), about "
+    "38 / 4 us at RESULTS.md's scale. The figure of record is the next quiet `make bench`.",
+    "Target 2a (ours + policy >= 0.95x plain, <= ~228 us) is out of reach on gunicorn's "
+    "request path: TLS alone costs ~27 us a request (stock gunicorn mTLS 244 vs plain 217; "
+    "the split's record read + write ~28 us), more than the 11 us 0.95x allows, and stock "
+    "gunicorn, with no identity and no policy, already reads 0.89x. What ours adds over stock "
+    "(~60 us with the policy) is the hand-over through the event loop (estimated ~25 us over "
+    "gthread's, which reads in the thread: the head read, the unregister/register pair, the "
+    "pool submit), the policy (~20 us: two more Flask hooks, each with ensure_sync 1.2 us, "
+    "_check 15 us of which PeerNames from ~8 environ keys 6.3 us, a frozen dataclass "
+    "2.1 us of it, the decision count 3.2 us, the regex 1.7 us), the identity environ (~7 us).",
+    "Target 2b (access log <= 15 us): what is left of the line is the ten atoms' getters, "
+    "the quote escape and the % format (8 us micro), the escape check (isprintable, 0.6 us) "
+    "and the write + flush syscall to the handler's file (1.9 us).",
+    "Measured and left: the pool submit and the method-queue wake-up (~10 us, gthread's "
+    "design), the per-turn heartbeat utime (~3.5 us, in gthread's run loop, which the "
+    "balancing work owns), werkzeug/Flask's own ~90 us and gunicorn's parser and Response "
+    "~100 us. The next steps for 2a are there (a narrower parser and response for the "
+    "common GET, or one Flask hook that does the policy), not in identity or the policy's "
+    "rules.",
 ]

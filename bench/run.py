@@ -35,7 +35,7 @@ from typing import Any, TextIO
 
 from bench import clients, procstat, report, stalled
 from bench.app import BODY, PATH
-from bench.findings import HANDSHAKE_NOTES
+from bench.findings import HANDSHAKE_NOTES, KEEPALIVE_NOTES
 from bench.servers import CLIENT_CPU, SERVER_CPU, Pki, Server, matrix
 from pki import cli as pki_cli
 
@@ -443,6 +443,7 @@ def _notes(rows: list[dict[str, Any]]) -> list[str]:
         "(`return 200` with the same body; `ssl_verify_client on`, depth 2).",
         "RSS: VmRSS per worker after each round, mean over the workers; nginx is not compared.",
         *HANDSHAKE_NOTES,
+        *KEEPALIVE_NOTES,
     ]
     rss_rows = [
         r

@@ -19,7 +19,9 @@ Deliberately different, and only where nothing is visible in the line:
   ``gunicorn.access`` is one gunicorn set up (``fast_path_allowed``), never
   with a ``logconfig*`` of the operator's, whose formatters may read ``args``;
 - the record is made without ``Logger.findCaller`` (its pathname/lineno would
-  name gunicorn's glogging.py, which no access format shows).
+  name gunicorn's glogging.py, which no access format shows), and not made
+  at all while every handler writes the escaped message alone
+  (``mtls.logs.write_plain_line``: the same bytes, ~10 us less).
 The line still goes through the handlers' LogSafeFormatter (mtls.logs), so
 escaping is unchanged.
 """

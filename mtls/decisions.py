@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import collections
+import os
 import threading
 from typing import Any
 
-from mtls.metrics import worker_metrics
+from mtls.metrics import Metrics, worker_metrics
 
 _COUNTS = "mtls.decisions"
 
@@ -23,11 +24,22 @@ class DecisionCounts:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._counts: collections.Counter[tuple[str, str, str]] = collections.Counter()
+        # worker_metrics() reads os.environ (~2 us, on every policed request):
+        # asked once per process instead. Per process, because an app made
+        # before the fork (preload_app) counts in each worker's own files.
+        self._metrics: tuple[int, Metrics] | None = None
 
     def add(self, endpoint: str, decision: str, mode: str) -> None:
         with self._lock:
             self._counts[endpoint, decision, mode] += 1
-        worker_metrics().policy_decision(endpoint, decision, mode)
+        self._process_metrics().policy_decision(endpoint, decision, mode)
+
+    def _process_metrics(self) -> Metrics:
+        pid = os.getpid()
+        known = self._metrics
+        if known is None or known[0] != pid:
+            known = self._metrics = (pid, worker_metrics())
+        return known[1]
 
     def snapshot(self) -> dict[tuple[str, str, str], int]:
         with self._lock:

@@ -346,7 +346,9 @@ class _UnroutedGuard:
     by_name: dict[str, _Policy] = field(default_factory=dict)
 
     def __call__(self) -> flask.Response | None:
-        request = flask.request
+        # The request itself, not the proxy: each attribute read through
+        # flask.request costs ~1 us, and this runs on every request.
+        request: flask.Request = flask.request._get_current_object()  # type: ignore[attr-defined]
         if request.routing_exception is None:
             return None  # routed: the blueprint's and the view's own checks decide
         owners = self._owners_of_rule(request.routing_exception)
@@ -414,7 +416,9 @@ def install_guard(app: SansioApp) -> _UnroutedGuard:
 
 
 def count_decision(endpoint: str, decision: str, mode: str) -> None:
-    decision_counts(flask.current_app).add(endpoint, decision, mode)
+    # The app itself, not the proxy (~2 us a policed request through it).
+    app = flask.current_app._get_current_object()  # type: ignore[attr-defined]
+    decision_counts(app).add(endpoint, decision, mode)
 
 
 def _register_prefix(state: BlueprintSetupState, policy: _Policy) -> None:

@@ -21,7 +21,7 @@ from gunicorn.http import wsgi
 from gunicorn.http.parser import RequestParser
 
 from mtls.accesslog import AccessFormat, atom_names
-from mtls.logs import MtlsLogger
+from mtls.logs import LogSafeFormatter, MtlsLogger, write_plain_line
 
 EVERY_ATOM = (
     '%(h)s %(l)s %(u)s "%(r)s" %(s)s %(m)s %(U)s %(q)s %(H)s %(b)s %(B)s "%(f)s" "%(a)s" '
@@ -148,3 +148,72 @@ def test_a_changed_format_is_gunicorns_path_until_setup_compiles_it(
     point_at(log, stream)
     log.access(resp, req, environ, datetime.timedelta())
     assert stream.getvalue() == 'GET last\\"one\n' * 2
+
+
+@pytest.fixture
+def plain_logger() -> tuple[logging.Logger, logging.StreamHandler[io.StringIO]]:
+    """A logger as gunicorn sets up its access log: no propagation, one escaping stream handler."""
+    # Not from logging.getLogger: pytest's capture attaches to registered loggers.
+    logger = logging.Logger("tests.accesslog.plain-write")
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    handler = logging.StreamHandler(io.StringIO())
+    handler.setFormatter(LogSafeFormatter(logging.Formatter("%(message)s")))
+    logger.addHandler(handler)
+    return logger, handler
+
+
+def test_the_plain_write_is_what_the_record_would_have_written(
+    plain_logger: tuple[logging.Logger, logging.StreamHandler[io.StringIO]],
+) -> None:
+    logger, handler = plain_logger
+    line = 'dn="CN=x\u2028forged\x9b" tls=TLSv1.3'
+    logger.info(line)
+    by_record = handler.stream.getvalue()
+    assert write_plain_line(logger, line) is True
+    assert handler.stream.getvalue() == by_record * 2
+    assert by_record == 'dn="CN=x\\u2028forged\\x9b" tls=TLSv1.3\n'
+
+
+def test_a_filter_or_a_richer_format_gets_the_record_instead(
+    plain_logger: tuple[logging.Logger, logging.StreamHandler[io.StringIO]],
+) -> None:
+    logger, handler = plain_logger
+    handler.addFilter(lambda record: True)
+    assert write_plain_line(logger, "x") is False
+    handler.filters.clear()
+    logger.addFilter(lambda record: True)
+    assert write_plain_line(logger, "x") is False
+    logger.filters.clear()
+    handler.setFormatter(LogSafeFormatter(logging.Formatter("%(levelname)s %(message)s")))
+    assert write_plain_line(logger, "x") is False
+    handler.setFormatter(logging.Formatter("%(message)s"))  # not escaping: not ours to bypass
+    assert write_plain_line(logger, "x") is False
+    handler.setFormatter(LogSafeFormatter(logging.Formatter("%(message)s")))
+    logger.propagate = True
+    assert write_plain_line(logger, "x") is False
+    logger.propagate = False
+    assert handler.stream.getvalue() == ""  # refused means nothing written
+    assert write_plain_line(logger, "x") is True
+    assert handler.stream.getvalue() == "x\n"
+
+
+def test_a_failed_write_goes_to_the_handlers_error_handling_with_a_record(
+    plain_logger: tuple[logging.Logger, logging.StreamHandler[io.StringIO]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    logger, handler = plain_logger
+    handler.stream.close()  # write raises ValueError
+    handled: list[logging.LogRecord] = []
+    monkeypatch.setattr(handler, "handleError", handled.append)
+    assert write_plain_line(logger, "the line") is True
+    assert [r.getMessage() for r in handled] == ["the line"]
+
+
+def test_a_disabled_logger_writes_nothing(
+    plain_logger: tuple[logging.Logger, logging.StreamHandler[io.StringIO]],
+) -> None:
+    logger, handler = plain_logger
+    logger.setLevel(logging.WARNING)
+    assert write_plain_line(logger, "x") is True
+    assert handler.stream.getvalue() == ""

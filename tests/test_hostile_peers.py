@@ -411,3 +411,19 @@ def test_a_body_dripped_under_the_io_timeout_is_cut_at_the_body_timeout(
             assert cut, "the dripped body kept its thread past MTLS_BODY_TIMEOUT"
         legit_request(server, ctx)
         assert "Traceback" not in server.log()
+
+
+def test_a_kept_alive_connection_is_closed_after_the_keepalive_timeout(
+    pki: Path, tmp_path: Path
+) -> None:
+    """The idle scan runs only once a deadline can have passed (mtls.worker._idle_deadline):
+    a connection that becomes idle after a scan found none must still be closed at its own."""
+    env = server_env(pki, "userservice", GUNICORN_CMD_ARGS="--workers 1 --threads 2 --keep-alive 1")
+    ctx = client_context(pki, "homepage")
+    with running(ECHO, env, tmp_path / "server.log", ctx) as server:
+        conn = KeepAlive(server, ctx)
+        try:
+            assert conn.request() is not None  # served, then kept alive
+            assert_closed_by_server(conn.tls)
+        finally:
+            conn.tls.close()

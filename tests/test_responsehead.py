@@ -161,3 +161,35 @@ def test_the_worker_sends_a_small_response_in_one_record_and_head_without_a_body
             assert head.startswith(b"HTTP/1.1 200 OK\r\n")
             assert head.endswith(b"\r\n\r\n")
             assert tls.recv(65536) == b""  # no body after a HEAD's head, then close
+
+
+@pytest.mark.parametrize("kind", [bytes, bytearray, memoryview])
+def test_a_write_larger_than_the_socket_buffers_arrives_whole_and_in_order(
+    tls_pair: tuple[BoundedSSLSocket, ssl.SSLSocket], kind: type
+) -> None:
+    """bytes take one OpenSSL write (BoundedSSLSocket._sendall), the rest ssl.py's loop."""
+    server, client = tls_pair
+    data = bytes(range(256)) * (4 * 4096)  # 4 MiB: many records, more than the pair buffers
+    received = bytearray()
+
+    def read_all() -> None:
+        while len(received) < len(data):
+            chunk = client.recv(65536)
+            if not chunk:
+                return
+            received.extend(chunk)
+
+    reader = threading.Thread(target=read_all)
+    reader.start()
+    server.sendall(kind(data))
+    reader.join(30)
+    assert not reader.is_alive()
+    assert received == data
+
+
+def test_an_empty_write_sends_nothing(tls_pair: tuple[BoundedSSLSocket, ssl.SSLSocket]) -> None:
+    server, client = tls_pair
+    server.sendall(b"")
+    assert not readable(client)
+    server.sendall(BODY)
+    assert client.recv(65536) == BODY
