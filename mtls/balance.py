@@ -49,6 +49,7 @@ _STRIDE = 32
 
 @dataclass(frozen=True)
 class Peer:
+    slot: int
     held: int
     accepted: int
 
@@ -100,7 +101,7 @@ class ConnectionTable:
                 continue
             pid, held, accepted = _SLOT.unpack_from(self._map, self._offset(other))
             if pid > 0:
-                peers.append(Peer(held, accepted))
+                peers.append(Peer(other, held, accepted))
         return peers
 
     def _high(self) -> int:
@@ -119,8 +120,9 @@ class AcceptGate:
         self.table = table
         self.slot = slot
         self.wait = wait
-        self._waiting_since: float | None = None
-        self._progress = -1
+        # Per other slot: its accept counter when last seen moving, and since
+        # when this worker has been deferring to it without seeing it move.
+        self._watch: dict[int, tuple[int, float | None]] = {}
 
     def join(self, pid: int, held: int) -> None:
         self.table.join(self.slot, pid, held)
@@ -135,17 +137,28 @@ class AcceptGate:
         self.table.count_accept(self.slot)
 
     def should_accept(self, held: int, now: float) -> bool:
-        others = self.table.others(self.slot)
-        if not any(peer.held < held for peer in others):
-            self._waiting_since = None
-            return True
-        progress = sum(peer.accepted for peer in others)
-        if self._waiting_since is None or progress != self._progress:
-            # A lighter worker exists and is taking connections: it gets this one.
-            self._waiting_since = now
-            self._progress = progress
-            return False
-        if now - self._waiting_since < self.wait:
-            return False
-        self._waiting_since = None  # nobody took one for WAIT: this worker does
-        return True
+        """Accept unless a lighter worker is taking connections (its counter moved within WAIT).
+
+        Judged per worker: one that is stuck stays passed over until its
+        counter moves again, so every later connection is accepted at once,
+        not held back WAIT each (a stopped worker would otherwise cap the
+        whole server at one new connection per WAIT); and a busy heavier
+        worker's accepts do not restart the wait on a stuck lighter one.
+        """
+        defer = False
+        seen = set()
+        for peer in self.table.others(self.slot):
+            seen.add(peer.slot)
+            accepted, since = self._watch.get(peer.slot, (-1, None))
+            if accepted != peer.accepted:
+                since = None  # it moved: whatever it did before no longer counts
+            if peer.held < held:
+                if since is None:
+                    since = now  # a lighter worker, taking connections: its turn
+                if now - since < self.wait:
+                    defer = True
+                # else: nothing taken for WAIT (stuck, stopped, gone): passed over
+            self._watch[peer.slot] = (peer.accepted, since)
+        for slot in self._watch.keys() - seen:
+            del self._watch[slot]  # left the table
+        return not defer

@@ -101,6 +101,37 @@ def test_a_lighter_worker_still_taking_connections_is_waited_for() -> None:
     assert a.should_accept(held=5, now=5 * WAIT)
 
 
+def test_a_stuck_lighter_worker_stays_passed_over_until_it_accepts_again() -> None:
+    _, a, b = _two_workers()
+    a.held(3)
+    assert not a.should_accept(held=3, now=10.0)
+    assert a.should_accept(held=3, now=10.0 + WAIT)  # b stuck: passed over
+    a.accepted()
+    a.held(4)
+    # The next connections are not held back WAIT each: one new connection per
+    # WAIT for the whole server while b is stopped (gunicorn's timeout: 30 s).
+    assert a.should_accept(held=4, now=10.0 + WAIT + 0.001)
+    b.accepted()  # b is back: its turn again
+    assert not a.should_accept(held=4, now=10.0 + WAIT + 0.002)
+
+
+def test_a_heavier_worker_accepting_does_not_restart_the_wait_on_a_stuck_one() -> None:
+    table = ConnectionTable(slots=3)
+    for slot in range(3):
+        assert table.assign(range(slot)) == slot
+    stuck, b, c = (AcceptGate(table, slot) for slot in range(3))
+    stuck.join(pid=100, held=0)
+    b.join(pid=101, held=5)
+    c.join(pid=102, held=5)
+    assert not b.should_accept(held=5, now=0.0)
+    assert not c.should_accept(held=5, now=0.0)
+    assert b.should_accept(held=5, now=WAIT)
+    b.accepted()
+    b.held(6)
+    # c waited WAIT on the stuck worker too; b's accept says nothing about that one.
+    assert c.should_accept(held=5, now=WAIT)
+
+
 # -- a real server ----------------------------------------------------------------
 
 
