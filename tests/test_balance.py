@@ -14,9 +14,11 @@ import os
 import signal
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
+from mtls import hooks
 from mtls.balance import WAIT, AcceptGate, ConnectionTable
 from tests.clients import LoopbackHTTPS
 from tests.servers import ECHO, Server, client_context, running, server_env
@@ -53,6 +55,31 @@ def test_only_workers_accepting_now_are_others() -> None:
     assert table.others(0) == []
     table.clear(0)
     assert table.others(1) == []
+
+
+def _forked_with(**cfg: object) -> SimpleNamespace:
+    server = SimpleNamespace(
+        cfg=SimpleNamespace(**cfg),
+        WORKERS={},
+        mtls_state=None,
+        mtls_listener=None,
+        mtls_channel=SimpleNamespace(generation=0),
+        mtls_reloads=None,
+        mtls_balance=ConnectionTable(slots=2),
+    )
+    worker = SimpleNamespace()
+    hooks.pre_fork(server, worker)
+    return worker
+
+
+def test_the_master_gives_each_worker_a_slot() -> None:
+    assert _forked_with(reuse_port=False).balance_slot == 0
+
+
+def test_with_reuse_port_no_worker_takes_part() -> None:
+    # Each worker listens on its own socket: a connection the kernel queued on a
+    # heavier worker's waits for that worker only, so deferring it only delays it.
+    assert getattr(_forked_with(reuse_port=True), "balance_slot", None) is None
 
 
 # -- the rule ---------------------------------------------------------------------
