@@ -159,6 +159,17 @@ def test_a_heavier_worker_accepting_does_not_restart_the_wait_on_a_stuck_one() -
     assert c.should_accept(held=5, now=WAIT)
 
 
+def test_a_lighter_worker_with_handshakes_in_progress_is_not_waited_for() -> None:
+    _, a, b = _two_workers()
+    a.held(3)
+    b.handshaking(1)
+    # b's loop has work already: with short connections (never held for long)
+    # deferring would put every handshake of the server on b while a idles.
+    assert a.should_accept(held=3, now=0.0)
+    b.handshaking(0)
+    assert not a.should_accept(held=3, now=0.001)
+
+
 # -- a real server ----------------------------------------------------------------
 
 
