@@ -41,16 +41,19 @@ WAIT = 0.05
 PAUSE = 0.005
 
 _HEADER = struct.Struct("<Q")  # slots handed out so far (the high-water mark)
-_SLOT = struct.Struct("<qqQ")  # pid (0: not accepting), connections held, accepted so far
+_SLOT = struct.Struct("<qqQq")  # pid (0: not accepting), held, accepted so far, handshaking
 _HELD = struct.Struct("<q")
 _ACCEPTED = struct.Struct("<Q")
+_HANDSHAKING = struct.Struct("<q")
 _STRIDE = 32
 
 
 @dataclass(frozen=True)
 class Peer:
+    slot: int
     held: int
     accepted: int
+    handshaking: int = 0
 
 
 class ConnectionTable:
@@ -72,12 +75,12 @@ class ConnectionTable:
         return None
 
     def clear(self, slot: int) -> None:
-        _SLOT.pack_into(self._map, self._offset(slot), 0, 0, 0)
+        _SLOT.pack_into(self._map, self._offset(slot), 0, 0, 0, 0)
 
     # -- a worker, its own slot ------------------------------------------------
 
     def join(self, slot: int, pid: int, held: int) -> None:
-        _SLOT.pack_into(self._map, self._offset(slot), pid, held, 0)
+        _SLOT.pack_into(self._map, self._offset(slot), pid, held, 0, 0)
 
     def leave(self, slot: int) -> None:
         """Stopped accepting: others no longer wait on it (the master clears the rest at exit)."""
@@ -85,6 +88,9 @@ class ConnectionTable:
 
     def set_held(self, slot: int, held: int) -> None:
         _HELD.pack_into(self._map, self._offset(slot) + 8, held)
+
+    def set_handshaking(self, slot: int, handshaking: int) -> None:
+        _HANDSHAKING.pack_into(self._map, self._offset(slot) + 24, handshaking)
 
     def count_accept(self, slot: int) -> None:
         offset = self._offset(slot) + 16
@@ -98,9 +104,9 @@ class ConnectionTable:
         for other in range(min(self._high(), self.slots)):
             if other == slot:
                 continue
-            pid, held, accepted = _SLOT.unpack_from(self._map, self._offset(other))
+            pid, held, accepted, handshaking = _SLOT.unpack_from(self._map, self._offset(other))
             if pid > 0:
-                peers.append(Peer(held, accepted))
+                peers.append(Peer(other, held, accepted, handshaking))
         return peers
 
     def _high(self) -> int:
@@ -119,8 +125,9 @@ class AcceptGate:
         self.table = table
         self.slot = slot
         self.wait = wait
-        self._waiting_since: float | None = None
-        self._progress = -1
+        # Per other slot: its accept counter when last seen moving, and since
+        # when this worker has been deferring to it without seeing it move.
+        self._watch: dict[int, tuple[int, float | None]] = {}
 
     def join(self, pid: int, held: int) -> None:
         self.table.join(self.slot, pid, held)
@@ -134,18 +141,37 @@ class AcceptGate:
     def accepted(self) -> None:
         self.table.count_accept(self.slot)
 
+    def handshaking(self, handshaking: int) -> None:
+        self.table.set_handshaking(self.slot, handshaking)
+
     def should_accept(self, held: int, now: float) -> bool:
-        others = self.table.others(self.slot)
-        if not any(peer.held < held for peer in others):
-            self._waiting_since = None
-            return True
-        progress = sum(peer.accepted for peer in others)
-        if self._waiting_since is None or progress != self._progress:
-            # A lighter worker exists and is taking connections: it gets this one.
-            self._waiting_since = now
-            self._progress = progress
-            return False
-        if now - self._waiting_since < self.wait:
-            return False
-        self._waiting_since = None  # nobody took one for WAIT: this worker does
-        return True
+        """Accept unless a lighter worker is taking connections (its counter moved within WAIT).
+
+        Judged per worker: one that is stuck stays passed over until its
+        counter moves again, so every later connection is accepted at once,
+        not held back WAIT each (a stopped worker would otherwise cap the
+        whole server at one new connection per WAIT); and a busy heavier
+        worker's accepts do not restart the wait on a stuck lighter one.
+
+        Never to one with handshakes in progress: its event loop has work
+        queued already, and with many short connections (which never pile up
+        as held ones) it would otherwise do every handshake of the server
+        alone while this worker, holding a few more kept-alive ones, idles.
+        """
+        defer = False
+        seen = set()
+        for peer in self.table.others(self.slot):
+            seen.add(peer.slot)
+            accepted, since = self._watch.get(peer.slot, (-1, None))
+            if accepted != peer.accepted:
+                since = None  # it moved: whatever it did before no longer counts
+            if peer.held < held and not peer.handshaking:
+                if since is None:
+                    since = now  # a lighter worker, taking connections: its turn
+                if now - since < self.wait:
+                    defer = True
+                # else: nothing taken for WAIT (stuck, stopped, gone): passed over
+            self._watch[peer.slot] = (peer.accepted, since)
+        for slot in self._watch.keys() - seen:
+            del self._watch[slot]  # left the table
+        return not defer

@@ -131,6 +131,11 @@ def pre_fork(server: Any, worker: Any) -> None:
     worker.generation = channel.generation  # what the state above already holds
     worker.reload_status = getattr(server, _RELOADS)
     # The worker being forked is not in server.WORKERS yet (gunicorn adds it after the fork).
+    if getattr(server.cfg, "reuse_port", False):
+        # Each worker has its own listening socket (SO_REUSEPORT): a connection
+        # the kernel queued on this one waits for this one, so deferring it to
+        # a lighter worker only delays it, as long as that one keeps accepting.
+        return
     table: ConnectionTable = getattr(server, _BALANCE)
     worker.balance = table
     worker.balance_slot = table.assign(

@@ -202,6 +202,8 @@ class MtlsWorker(ThreadWorker):  # type: ignore[misc]
                 self._follow_reloads()
             for key, _ in events:
                 key.data(key.fileobj)
+            if self._gate is not None:  # for the others' choice (mtls.balance)
+                self._gate.handshaking(len(self.handshaking))
         except OSError as e:
             if e.errno != errno.EINTR:
                 raise

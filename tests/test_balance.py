@@ -14,9 +14,11 @@ import os
 import signal
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
+from mtls import hooks
 from mtls.balance import WAIT, AcceptGate, ConnectionTable
 from tests.clients import LoopbackHTTPS
 from tests.servers import ECHO, Server, client_context, running, server_env
@@ -53,6 +55,31 @@ def test_only_workers_accepting_now_are_others() -> None:
     assert table.others(0) == []
     table.clear(0)
     assert table.others(1) == []
+
+
+def _forked_with(**cfg: object) -> SimpleNamespace:
+    server = SimpleNamespace(
+        cfg=SimpleNamespace(**cfg),
+        WORKERS={},
+        mtls_state=None,
+        mtls_listener=None,
+        mtls_channel=SimpleNamespace(generation=0),
+        mtls_reloads=None,
+        mtls_balance=ConnectionTable(slots=2),
+    )
+    worker = SimpleNamespace()
+    hooks.pre_fork(server, worker)
+    return worker
+
+
+def test_the_master_gives_each_worker_a_slot() -> None:
+    assert _forked_with(reuse_port=False).balance_slot == 0
+
+
+def test_with_reuse_port_no_worker_takes_part() -> None:
+    # Each worker listens on its own socket: a connection the kernel queued on a
+    # heavier worker's waits for that worker only, so deferring it only delays it.
+    assert getattr(_forked_with(reuse_port=True), "balance_slot", None) is None
 
 
 # -- the rule ---------------------------------------------------------------------
@@ -99,6 +126,48 @@ def test_a_lighter_worker_still_taking_connections_is_waited_for() -> None:
         assert not a.should_accept(held=5, now=step * WAIT * 0.9)
     b.held(5)
     assert a.should_accept(held=5, now=5 * WAIT)
+
+
+def test_a_stuck_lighter_worker_stays_passed_over_until_it_accepts_again() -> None:
+    _, a, b = _two_workers()
+    a.held(3)
+    assert not a.should_accept(held=3, now=10.0)
+    assert a.should_accept(held=3, now=10.0 + WAIT)  # b stuck: passed over
+    a.accepted()
+    a.held(4)
+    # The next connections are not held back WAIT each: one new connection per
+    # WAIT for the whole server while b is stopped (gunicorn's timeout: 30 s).
+    assert a.should_accept(held=4, now=10.0 + WAIT + 0.001)
+    b.accepted()  # b is back: its turn again
+    assert not a.should_accept(held=4, now=10.0 + WAIT + 0.002)
+
+
+def test_a_heavier_worker_accepting_does_not_restart_the_wait_on_a_stuck_one() -> None:
+    table = ConnectionTable(slots=3)
+    for slot in range(3):
+        assert table.assign(range(slot)) == slot
+    stuck, b, c = (AcceptGate(table, slot) for slot in range(3))
+    stuck.join(pid=100, held=0)
+    b.join(pid=101, held=5)
+    c.join(pid=102, held=5)
+    assert not b.should_accept(held=5, now=0.0)
+    assert not c.should_accept(held=5, now=0.0)
+    assert b.should_accept(held=5, now=WAIT)
+    b.accepted()
+    b.held(6)
+    # c waited WAIT on the stuck worker too; b's accept says nothing about that one.
+    assert c.should_accept(held=5, now=WAIT)
+
+
+def test_a_lighter_worker_with_handshakes_in_progress_is_not_waited_for() -> None:
+    _, a, b = _two_workers()
+    a.held(3)
+    b.handshaking(1)
+    # b's loop has work already: with short connections (never held for long)
+    # deferring would put every handshake of the server on b while a idles.
+    assert a.should_accept(held=3, now=0.0)
+    b.handshaking(0)
+    assert not a.should_accept(held=3, now=0.001)
 
 
 # -- a real server ----------------------------------------------------------------
