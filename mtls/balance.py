@@ -144,7 +144,7 @@ class AcceptGate:
     def handshaking(self, handshaking: int) -> None:
         self.table.set_handshaking(self.slot, handshaking)
 
-    def should_accept(self, held: int, now: float) -> bool:
+    def should_accept(self, held: int, now: float, handshaking: int = 0) -> bool:
         """Accept unless a lighter worker is taking connections (its counter moved within WAIT).
 
         Judged per worker: one that is stuck stays passed over until its
@@ -153,10 +153,12 @@ class AcceptGate:
         whole server at one new connection per WAIT); and a busy heavier
         worker's accepts do not restart the wait on a stuck lighter one.
 
-        Never to one with handshakes in progress: its event loop has work
-        queued already, and with many short connections (which never pile up
-        as held ones) it would otherwise do every handshake of the server
-        alone while this worker, holding a few more kept-alive ones, idles.
+        Never to one with more handshakes in progress than this worker: with
+        many short connections (which never pile up as held ones) the worker
+        holding fewer kept-alive ones would otherwise do every handshake of
+        the server alone while this one idles. Equal handshake counts still
+        defer, so a burst of new connections (a pool opening 8 at once: each
+        worker is mid-handshake on its first) splits evenly.
         """
         defer = False
         seen = set()
@@ -165,7 +167,7 @@ class AcceptGate:
             accepted, since = self._watch.get(peer.slot, (-1, None))
             if accepted != peer.accepted:
                 since = None  # it moved: whatever it did before no longer counts
-            if peer.held < held and not peer.handshaking:
+            if peer.held < held and peer.handshaking <= handshaking:
                 if since is None:
                     since = now  # a lighter worker, taking connections: its turn
                 if now - since < self.wait:

@@ -226,7 +226,9 @@ class MtlsWorker(ThreadWorker):  # type: ignore[misc]
 
     def accept(self, listener: socket.socket) -> None:
         gate = self._gate
-        if gate is not None and not gate.should_accept(self.nr_conns, time.monotonic()):
+        if gate is not None and not gate.should_accept(
+            self.nr_conns, time.monotonic(), len(self.handshaking)
+        ):
             # Another worker holds fewer connections and is accepting: it
             # takes this one (mtls.balance). Off the poller for a moment, so a
             # listener that stays readable does not spin this loop.

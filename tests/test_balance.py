@@ -159,15 +159,33 @@ def test_a_heavier_worker_accepting_does_not_restart_the_wait_on_a_stuck_one() -
     assert c.should_accept(held=5, now=WAIT)
 
 
-def test_a_lighter_worker_with_handshakes_in_progress_is_not_waited_for() -> None:
+def test_a_lighter_worker_with_more_handshakes_in_progress_is_not_waited_for() -> None:
     _, a, b = _two_workers()
     a.held(3)
     b.handshaking(1)
-    # b's loop has work already: with short connections (never held for long)
-    # deferring would put every handshake of the server on b while a idles.
-    assert a.should_accept(held=3, now=0.0)
+    # b's loop has more work already: with short connections (never held for
+    # long) deferring would put every handshake of the server on b while a idles.
+    assert a.should_accept(held=3, now=0.0, handshaking=0)
+    # As many as a has: b is lighter, its turn (a burst of new connections).
+    assert not a.should_accept(held=3, now=0.001, handshaking=1)
     b.handshaking(0)
-    assert not a.should_accept(held=3, now=0.001)
+    assert not a.should_accept(held=3, now=0.002, handshaking=0)
+
+
+def test_a_burst_of_connections_splits_evenly_while_both_are_mid_handshake() -> None:
+    """Eight connections at once, as a pool opens them: each one is in its handshake."""
+    _, a, b = _two_workers()
+    gates = {"a": a, "b": b}
+    held = {"a": 0, "b": 0}
+    for _ in range(8):
+        # Whichever the kernel woke first asks first; a deferring one leaves it to the other.
+        takers = [n for n in ("a", "b") if gates[n].should_accept(held[n], 0.0, held[n])]
+        taker = takers[0]
+        held[taker] += 1
+        gates[taker].held(held[taker])
+        gates[taker].handshaking(held[taker])  # none of them done yet
+        gates[taker].accepted()
+    assert held == {"a": 4, "b": 4}
 
 
 # -- a real server ----------------------------------------------------------------
