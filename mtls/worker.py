@@ -233,6 +233,7 @@ class MtlsWorker(ThreadWorker):  # type: ignore[misc]
             # takes this one (mtls.balance). Off the poller for a moment, so a
             # listener that stays readable does not spin this loop.
             self._accept_paused_until = time.monotonic() + PAUSE
+            gate.pause(self._accept_paused_until)
             super().set_accept_enabled(False)
             return
         try:

@@ -19,7 +19,7 @@ from types import SimpleNamespace
 import pytest
 
 from mtls import hooks
-from mtls.balance import WAIT, AcceptGate, ConnectionTable
+from mtls.balance import PAUSE, WAIT, AcceptGate, ConnectionTable
 from tests.clients import LoopbackHTTPS
 from tests.servers import ECHO, Server, client_context, running, server_env
 
@@ -170,6 +170,16 @@ def test_a_lighter_worker_with_more_handshakes_in_progress_is_not_waited_for() -
     assert not a.should_accept(held=3, now=0.001, handshaking=1)
     b.handshaking(0)
     assert not a.should_accept(held=3, now=0.002, handshaking=0)
+
+
+def test_a_lighter_worker_that_is_deferring_itself_is_not_waited_for() -> None:
+    """Two workers each waiting out the other's pause: nobody would accept (a flood stalls)."""
+    _, a, b = _two_workers()
+    a.held(3)
+    b.held(2)
+    b.pause(until=10.0 + PAUSE)  # b left one to someone else just now
+    assert a.should_accept(held=3, now=10.0)
+    assert not a.should_accept(held=3, now=10.0 + PAUSE)  # b's pause is over: b's turn
 
 
 def test_a_burst_of_connections_splits_evenly_while_both_are_mid_handshake() -> None:
