@@ -19,7 +19,7 @@ from types import SimpleNamespace
 import pytest
 
 from mtls import hooks
-from mtls.balance import PAUSE, WAIT, AcceptGate, ConnectionTable
+from mtls.balance import MIN_HELD, PAUSE, WAIT, AcceptGate, ConnectionTable
 from tests.clients import LoopbackHTTPS
 from tests.servers import ECHO, Server, client_context, running, server_env
 
@@ -97,14 +97,25 @@ def _two_workers() -> tuple[ConnectionTable, AcceptGate, AcceptGate]:
 
 def test_a_worker_accepts_unless_an_accepting_worker_holds_fewer() -> None:
     _, a, b = _two_workers()
-    assert a.should_accept(held=0, now=0.0)  # a tie: whoever the kernel woke first
-    a.held(1)
+    a.held(2)
+    b.held(2)
+    assert a.should_accept(held=2, now=0.0)  # a tie: whoever the kernel woke first
+    a.held(3)
     a.accepted()
-    assert not a.should_accept(held=1, now=0.0)  # b holds fewer: b's turn
-    assert b.should_accept(held=0, now=0.0)
-    b.held(1)
+    assert not a.should_accept(held=3, now=0.0)  # b holds fewer: b's turn
+    assert b.should_accept(held=2, now=0.0)
+    b.held(3)
     b.accepted()
-    assert a.should_accept(held=1, now=0.001)
+    assert a.should_accept(held=3, now=0.001)
+
+
+def test_a_worker_holding_under_min_held_never_defers() -> None:
+    """One client connecting again and again stays on one worker, its caches warm."""
+    _, a, _ = _two_workers()
+    a.held(MIN_HELD - 1)
+    assert a.should_accept(held=MIN_HELD - 1, now=0.0)
+    a.held(MIN_HELD)
+    assert not a.should_accept(held=MIN_HELD, now=0.0)
 
 
 def test_a_lighter_worker_that_takes_nothing_for_wait_is_passed_over() -> None:
@@ -266,7 +277,8 @@ def test_each_connection_goes_to_the_worker_holding_fewer(held: Held) -> None:
         before = dict(held.on)
         pid = held.open()
         lightest = min(before.values())
-        assert before[pid] == lightest, f"{pid} held {before[pid]} of {before} and got one more"
+        fair = before[pid] == lightest or before[pid] < MIN_HELD
+        assert fair, f"{pid} held {before[pid]} of {before} and got one more"
         assert sum(held.on.values()) <= MAX_WARMUP_CONNECTIONS * 2
     print(f"kept-alive connections per worker: {dict(held.on)}")
     assert len(set(held.on.values())) == 1
