@@ -124,4 +124,12 @@ KEEPALIVE_NOTES = [
     "accepting now and then (target 6's last probe: 1.6 s); never deferring to a worker "
     "that is deferring itself brought it back to 0.19-0.36 s max, as without balancing "
     "(0.14-0.30 s in the same minutes).",
+    "This afternoon the host ran every figure ~3x its morning value (load from outside this "
+    "machine); 1b read 0.88x on the quiet morning run and 0.74-0.80x in the three afternoon "
+    "runs. A/B in the same minutes (5 interleaved rounds of 1 s, median server CPU us/op): "
+    "balancing on / off on the same code: bare handshake 5,210 / 5,276, new connection + "
+    "request 7,314 / 7,679, so balancing costs nothing measurable; this session's code / the "
+    "morning's: 4,966 / 4,787 and 7,033 / 6,462, per-round ranges overlapping (4,646-5,119 / "
+    "4,580-4,802): within this machine's noise or this session's other changes, not pinned "
+    "down.",
 ]
