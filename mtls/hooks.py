@@ -91,6 +91,15 @@ def on_starting(server: Any) -> None:
             "the traceback is in the log above"
         ) from None
     _log_state(server, state, "loaded")
+    # Before any thread or fork: cryptography (pyo3) makes some of its
+    # interned names on first use, under a once-lock; a fork while the
+    # watcher or the metrics thread was making one left the worker waiting
+    # on it forever (seen: a worker stuck at boot in its first
+    # Certificate.serial_number). Made here, in the only thread, they exist
+    # before either starts; the watcher's own look at the state is then done
+    # under _LOADING, which every fork waits for.
+    assess(state, None, datetime.datetime.now(datetime.UTC))
+    _ = state.leaf_serial, state.subject_dn
     setattr(server, _STATE, state)
     setattr(server, _LISTENER, ListenerContexts(state.settings, state.context))
     setattr(server, _CHANNEL, StateChannel())
@@ -320,7 +329,8 @@ def _watch(server: Any, interval: float) -> None:
                     settling = False
                     with _LOADING:
                         _reload_running_workers(server)
-            health = assess(*_snapshot(server), datetime.datetime.now(datetime.UTC))
+            with _LOADING:  # no fork in the middle of cryptography's calls (on_starting)
+                health = assess(*_snapshot(server), datetime.datetime.now(datetime.UTC))
             now = time.monotonic()
             if (health.status, health.problems) != reported or (
                 health.status != "ok" and now - reminded >= REMIND_EVERY
