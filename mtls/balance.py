@@ -38,8 +38,8 @@ SLOTS = 128
 #: How long a worker waits on another's accept counter before accepting anyway.
 WAIT = 0.05
 #: A worker holding fewer never defers: a client that connects, closes and connects again
-#: would otherwise bounce between the workers (the closing connection not yet counted out),
-#: each handshake on a worker with cold caches (measured: +3 % CPU per bare handshake).
+#: stays on one worker instead of bouncing between them (its closing connection may not be
+#: counted out yet). Not a measured saving: balancing on and off read alike (bench/findings.py).
 MIN_HELD = 2
 #: How long a worker that passed a connection keeps its listener off its poller.
 PAUSE = 0.001
@@ -48,10 +48,12 @@ _HEADER = struct.Struct("<Q")  # slots handed out so far (the high-water mark)
 # pid (0: not accepting), held, accepted so far, handshaking, paused until (CLOCK_MONOTONIC,
 # one clock for every process of the machine)
 _SLOT = struct.Struct("<qqQqd")
-_HELD = struct.Struct("<q")
-_ACCEPTED = struct.Struct("<Q")
-_HANDSHAKING = struct.Struct("<q")
-_PAUSED = struct.Struct("<d")
+# One field of a slot, written alone by its worker: (struct, offset in the slot).
+_PID = (struct.Struct("<q"), 0)
+_HELD = (struct.Struct("<q"), 8)
+_ACCEPTED = (struct.Struct("<Q"), 16)
+_HANDSHAKING = (struct.Struct("<q"), 24)
+_PAUSED = (struct.Struct("<d"), 32)
 _STRIDE = 40
 
 
@@ -92,20 +94,21 @@ class ConnectionTable:
 
     def leave(self, slot: int) -> None:
         """Stopped accepting: others no longer wait on it (the master clears the rest at exit)."""
-        self._map[self._offset(slot) : self._offset(slot) + 8] = bytes(8)
+        self._set(slot, _PID, 0)
 
     def set_held(self, slot: int, held: int) -> None:
-        _HELD.pack_into(self._map, self._offset(slot) + 8, held)
+        self._set(slot, _HELD, held)
 
     def set_handshaking(self, slot: int, handshaking: int) -> None:
-        _HANDSHAKING.pack_into(self._map, self._offset(slot) + 24, handshaking)
+        self._set(slot, _HANDSHAKING, handshaking)
 
     def set_paused(self, slot: int, until: float) -> None:
-        _PAUSED.pack_into(self._map, self._offset(slot) + 32, until)
+        self._set(slot, _PAUSED, until)
 
     def count_accept(self, slot: int) -> None:
-        offset = self._offset(slot) + 16
-        _ACCEPTED.pack_into(self._map, offset, _ACCEPTED.unpack_from(self._map, offset)[0] + 1)
+        field, at = _ACCEPTED
+        offset = self._offset(slot) + at
+        field.pack_into(self._map, offset, field.unpack_from(self._map, offset)[0] + 1)
 
     # -- a worker, the others' slots ---------------------------------------------
 
@@ -121,6 +124,10 @@ class ConnectionTable:
             if pid > 0:
                 peers.append(Peer(other, held, accepted, handshaking, paused))
         return peers
+
+    def _set(self, slot: int, field: tuple[struct.Struct, int], value: float) -> None:
+        layout, at = field
+        layout.pack_into(self._map, self._offset(slot) + at, value)
 
     def _high(self) -> int:
         return int(_HEADER.unpack_from(self._map, 0)[0])

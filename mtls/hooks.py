@@ -99,7 +99,6 @@ def on_starting(server: Any) -> None:
     # before either starts; the watcher's own look at the state is then done
     # under _LOADING, which every fork waits for.
     assess(state, None, datetime.datetime.now(datetime.UTC))
-    _ = state.leaf_serial, state.subject_dn
     setattr(server, _STATE, state)
     setattr(server, _LISTENER, ListenerContexts(state.settings, state.context))
     setattr(server, _CHANNEL, StateChannel())
