@@ -47,14 +47,39 @@ def atom_names(fmt: str) -> tuple[str, ...]:
 
 
 class AccessFormat:
-    """One access_log_format, compiled: a getter per atom it names."""
+    """One access_log_format, compiled: a getter per atom it names.
+
+    Where every conversion of the format names its atom, the format is also
+    rewritten with positional conversions (``%(s)s`` -> ``%s``, one per use,
+    in order) and formatted from a tuple: the same conversions on the same
+    values, without building and looking up a dict (1.9 -> 0.7 us in a loop,
+    for the shipped format). A format with an unnamed conversion keeps the
+    mapping, so it fails as gunicorn's does, and so does a format naming an
+    atom twice (gunicorn computes it once: ``%(t)s`` twice shows one time).
+    """
 
     def __init__(self, fmt: str) -> None:
         self.fmt = fmt
         self._getters = tuple((name, _getter(name)) for name in atom_names(fmt))
+        uses = [m[1] for m in _ATOM.finditer(fmt)]
+        # '%' left once the atoms and the '%%' literals are gone: an unnamed conversion
+        unnamed = "%" in _ATOM.sub("", fmt).replace("%%", "")
+        self._positional: str | None = None
+        self._uses: tuple[Getter, ...] = ()
+        if uses and not unnamed and len(uses) == len(self._getters):  # each atom once
+            by_name = dict(self._getters)
+            # "%%%(s)d" -> "%%%d": the '%%' run before the atom stays, "%(s)" becomes "%"
+            self._positional = _ATOM.sub(lambda m: m[0][: -len(m[1]) - 3] + "%", fmt)
+            self._uses = tuple(by_name[name] for name in uses)
 
     def line(self, log: Any, resp: Any, req: Any, environ: Mapping[str, Any], took: Any) -> str:
         """The line gunicorn would log: ``fmt % SafeAtoms(atoms(...))``, for these atoms only."""
+        if self._positional is not None:
+            values = []
+            for get in self._uses:
+                value = get(log, resp, req, environ, took)
+                values.append(value.replace('"', '\\"') if isinstance(value, str) else value)
+            return self._positional % tuple(values)
         atoms: dict[str, Any] = {}
         for name, get in self._getters:
             value = get(log, resp, req, environ, took)
@@ -82,7 +107,14 @@ def _braced(name: str) -> Getter:
     key, kind = lowered[1:-2], lowered[-1]
     if kind == "e":
         spellings = tuple(dict.fromkeys((key.upper(), key, name[1:-2])))
-        return lambda log, resp, req, environ, took: _environ_value(environ, spellings, key)
+        upper = spellings[0]
+
+        def environ_atom(log: Any, resp: Any, req: Any, env: Mapping[str, Any], took: Any) -> Any:
+            # the upper-case spelling (every CGI and mod_ssl key) in one lookup, as a rule
+            value = env.get(upper, _MISSING)
+            return value if value is not _MISSING else _environ_value(env, spellings, key)
+
+        return environ_atom
     if kind == "i":
         return lambda log, resp, req, environ, took: _header(_request_headers(req), key)
     return lambda log, resp, req, environ, took: _header(resp.headers, key)

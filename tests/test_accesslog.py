@@ -69,8 +69,14 @@ def gunicorn_line(fmt: str, resp: Any, req: Any, environ: Any, took: Any) -> str
     return line
 
 
+# conversions with flags and widths, '%%' runs before an atom, an atom named twice
+# (the mapping path: gunicorn computes it once), a lone literal
+SPECS_ONCE = "%(s)5s|%(b)-4s|%%%(h)s|%%%%%(D)d|%(M)03d|%(L)r|%%"
+SPECS = SPECS_ONCE + " %(p)s %(p)s"
+
+
 @pytest.mark.parametrize(
-    "fmt", [EVERY_ATOM, SHIPPED, "no atoms at all", Config().access_log_format]
+    "fmt", [EVERY_ATOM, SHIPPED, "no atoms at all", Config().access_log_format, SPECS_ONCE, SPECS]
 )
 def test_the_line_is_gunicorns_own_for_every_atom(
     served: tuple[Any, Any, dict[str, Any]], fmt: str
@@ -80,6 +86,32 @@ def test_the_line_is_gunicorns_own_for_every_atom(
     ours = AccessFormat(fmt).line(glogging.Logger(Config()), resp, req, environ, took)
     assert ours == gunicorn_line(fmt, resp, req, environ, took)
     assert "%(h)s" in ours or fmt != EVERY_ATOM  # the literal %% stays literal
+
+
+def test_the_shipped_format_is_formatted_from_a_tuple_and_the_same_as_from_atoms(
+    served: tuple[Any, Any, dict[str, Any]],
+) -> None:
+    resp, req, environ = served
+    took = datetime.timedelta(microseconds=1500)
+    compiled = AccessFormat(SHIPPED)
+    assert compiled._positional is not None  # the fast path, not the mapping
+    assert compiled.line(None, resp, req, environ, took) == gunicorn_line(
+        SHIPPED, resp, req, environ, took
+    )
+    assert AccessFormat(SPECS_ONCE)._positional is not None
+    assert AccessFormat(SPECS)._positional is None  # %(p)s twice: the mapping
+
+
+@pytest.mark.parametrize("fmt", ["%(h)s %s", "%(h)s 100%", "%(h)s %d%%"])
+def test_a_format_with_an_unnamed_conversion_fails_as_gunicorns_does(
+    served: tuple[Any, Any, dict[str, Any]], fmt: str
+) -> None:
+    resp, req, environ = served
+    took = datetime.timedelta()
+    with pytest.raises((TypeError, ValueError)) as gunicorns:
+        gunicorn_line(fmt, resp, req, environ, took)
+    with pytest.raises(gunicorns.type):
+        AccessFormat(fmt).line(glogging.Logger(Config()), resp, req, environ, took)
 
 
 def test_the_time_atom_is_gunicorns_format(served: tuple[Any, Any, dict[str, Any]]) -> None:
