@@ -121,6 +121,42 @@ def _ratio(
     return combine(sa.median, sb.median), Spread.of(per_round)
 
 
+#: plain-HTTP gunicorn's keep-alive request in the issue's own measurement (issue 13's
+#: table): the scale its 15 us for the access log was set at.
+ISSUE_PLAIN_KEEPALIVE_US = 257.0
+
+
+def access_log_at_issue_scale(rows: Sequence[Row]) -> tuple[float | None, Spread | None]:
+    """Target 2b: the access log's extra CPU per request, at the machine scale of the issue.
+
+    The extra is the access-log call's own thread CPU with the log minus
+    without it (bench/accesstimer.py: the whole-server difference cannot
+    resolve it). It is the one target given in microseconds rather than as
+    a ratio, and these machines run the same code 1x to 4x slower from one
+    day to the next (bench/findings.py), so it is scaled by this run's
+    plain-HTTP keep-alive request against the issue's 257 us: the log's cost
+    as a share of a plain request, in the issue's microseconds. The raw
+    figure is in RESULTS.md's notes.
+    """
+
+    def scaled(logged: float, unlogged: float, plain: float) -> float:
+        return (logged - unlogged) * ISSUE_PLAIN_KEEPALIVE_US / plain
+
+    key = "access_log_us_per_call"
+    logged = values(rows, "ours-policy-log", "keepalive", key)
+    unlogged = values(rows, "ours-policy", "keepalive", key)
+    plain = values(rows, "plain", "keepalive")
+    per_round = [
+        scaled(logged[r], unlogged[r], plain[r])
+        for r in sorted(logged.keys() & unlogged.keys() & plain.keys())
+        if plain[r]
+    ]
+    with_log, without, plain_req = (Spread.of(v.values()) for v in (logged, unlogged, plain))
+    if with_log is None or without is None or plain_req is None or not plain_req.median:
+        return None, Spread.of(per_round)
+    return scaled(with_log.median, without.median, plain_req.median), Spread.of(per_round)
+
+
 def targets(rows: Sequence[Row]) -> list[Target]:
     """The issue's targets 1-6 (6, stalled connections, is a latency, measured once)."""
 
@@ -133,9 +169,7 @@ def targets(rows: Sequence[Row]) -> list[Target]:
     new_eff, new_r = _ratio(rows, ("nginx", "new"), ("ours", "new"), div)
     bare_eff, bare_r = _ratio(rows, ("nginx", "bare"), ("ours", "bare"), div)
     ka_eff, ka_r = _ratio(rows, ("plain", "keepalive"), ("ours-policy", "keepalive"), div)
-    log_us, log_r = _ratio(
-        rows, ("ours-policy-log", "keepalive"), ("ours-policy", "keepalive"), sub
-    )
+    log_us, log_r = access_log_at_issue_scale(rows)
     res, res_r = _ratio(rows, ("ours", "resumed"), ("ours", "new"), div)
     rss, rss_r = _ratio(rows, ("ours", "rss"), ("plain", "rss"), sub, key="rss_mib")
     resumed = spread(rows, "ours", "resumed", "resumed_fraction")
@@ -149,7 +183,9 @@ def targets(rows: Sequence[Row]) -> list[Target]:
         Target("2a", "keep-alive vs plain", "keep-alive, identity + DN policy, vs plain HTTP",
                ">=", 0.95, "x", ka_eff, ka_r, "plain us/req / ours+policy us/req"),
         Target("2b", "access log", "shipped access log, extra CPU per request",
-               "<=", 15.0, " us", log_us, log_r, "ours+policy+log - ours+policy, us/req"),
+               "<=", 15.0, " us", log_us, log_r,
+               "access-log call's thread CPU in the workers, with - without the log, "
+               f"x {ISSUE_PLAIN_KEEPALIVE_US:g} us / this run's plain-HTTP request"),
         Target("3a", "resumed / full", "resumed connection vs a full one",
                "<=", 0.5, "x", res, res_r, "ours resumed us/op / ours new us/op"),
         Target("3b", "resumed share", "connections resumed across 2 workers (`-reuse`)",

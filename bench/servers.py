@@ -10,6 +10,7 @@ adds nothing but a second process).
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import ssl
 import subprocess
@@ -18,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench import procstat
+from bench import accesstimer, procstat
 from bench.app import BODY, PATH
 from bench.clients import ResponseError, connect, read_response, request_bytes
 from tests.servers import free_port
@@ -85,6 +86,7 @@ class Server:
     tls: bool = True
     app: str = "bench.app:app"
     access_log: bool = False
+    time_access: bool = False  # each worker times its access-log calls (bench/accesstimer.py)
     workers: int = WORKERS
     port: int = 0
     argv: list[str] = field(default_factory=list)
@@ -104,6 +106,8 @@ class Server:
                 "MTLS_RELOAD_INTERVAL": "0",
                 "BENCH_ACCESS_LOG": "1" if self.access_log else "0",
             }
+            if self.time_access:
+                env[accesstimer.DIR_ENV] = str(self.timer_dir(work))
             return [*gunicorn, "-c", str(BENCH / "ours_conf.py"), *shape, self.app], env
         if self.kind == "gunicorn":
             argv = [*gunicorn, "-c", str(BENCH / "stock_conf.py"), *shape]
@@ -115,8 +119,20 @@ class Server:
         conf.write_text(nginx_conf(self.port, pki, work / self.name, self.workers))
         return ["nginx", "-p", str(work / self.name), "-e", "stderr", "-c", str(conf)], {}
 
+    def timer_dir(self, work: Path) -> Path:
+        return work / f"access-timer-{self.name}"
+
+    def access_totals(self) -> tuple[int, int] | None:
+        """(calls, thread CPU ns) of the running instance's access-log calls so far, if timed."""
+        if not self.time_access or self.log_path is None:
+            return None
+        return accesstimer.read(self.timer_dir(self.log_path.parent))
+
     def start(self, pki: Pki, work: Path, pin: bool) -> None:
         self.port = free_port()
+        if self.time_access:  # a new instance's totals start from zero
+            shutil.rmtree(self.timer_dir(work), ignore_errors=True)
+            self.timer_dir(work).mkdir()
         argv, extra = self.command(pki, work)
         self.argv = argv
         env = {k: v for k, v in os.environ.items() if not k.startswith(("MTLS_", "GUNICORN"))}
@@ -244,13 +260,16 @@ def matrix() -> list[Server]:
     """The six servers of issue 13's table, in the order the report shows them."""
     return [
         Server("ours", "ours", "ours"),
-        Server("ours-policy", "ours + DN policy", "ours", app="bench.app:policy_app"),
+        Server(
+            "ours-policy", "ours + DN policy", "ours", app="bench.app:policy_app", time_access=True
+        ),
         Server(
             "ours-policy-log",
             "ours + policy + access log",
             "ours",
             app="bench.app:policy_app",
             access_log=True,
+            time_access=True,
         ),
         Server("stock", "stock gunicorn gthread", "gunicorn"),
         Server("plain", "plain-HTTP gunicorn", "gunicorn", tls=False),
