@@ -105,9 +105,24 @@ KEEPALIVE_NOTES = [
     "pool submit), the policy (~20 us: two more Flask hooks, each with ensure_sync 1.2 us, "
     "_check 15 us of which PeerNames from ~8 environ keys 6.3 us, a frozen dataclass "
     "2.1 us of it, the decision count 3.2 us, the regex 1.7 us), the identity environ (~7 us).",
-    "Target 2b (access log <= 15 us): what is left of the line is the ten atoms' getters, "
-    "the quote escape and the % format (8 us micro), the escape check (isprintable, 0.6 us) "
-    "and the write + flush syscall to the handler's file (1.9 us).",
+    "Target 2b (access log <= 15 us) is read from the access-log call itself "
+    "(bench/accesstimer.py), because the whole-server difference cannot resolve it: two "
+    "instances of the same ours + policy server, started alike and measured in 5 interleaved "
+    "rounds of 4 x 1 s, read 1,394 and 1,223 us per keep-alive request, the first higher in "
+    "every round; with PYTHONHASHSEED=0 on both, 1,076 and 1,365 (so not the hash seed). "
+    "Since then every round starts its servers afresh. The bench before this read 2b as "
+    "20, 144 and -149 us in three runs.",
+    "Target 2b's call, split in the worker under load (thread CPU per request, nested "
+    "timers, one run at this machine's ~3.5x scale): the line 32-41 us (4.4-6.8 us in a "
+    "loop), the escape check 3.4-4.3 us (0.6), the handler's write + flush 40-55 us, of "
+    "which the flush (one write(2) to /dev/null, which drops and takes back the GIL while "
+    "the other threads of the worker wait for it) is ~27 us: without the flush the write "
+    "read 28-30. Everything costs 4-6x its loop figure inside the server: the request "
+    "around it has evicted the caches. Measured and left: batching lines and flushing once "
+    "per loop turn would save most of the flush, but a line would then sit in a buffer that "
+    "a killed worker loses; every line is flushed as it is written, as nginx's access_log "
+    "does without buffer=. Done: the format from a tuple instead of a dict of atoms, and an "
+    "environ atom's upper-case key in one lookup (line 6.8 -> 4.4 us in a loop).",
     "Measured and left: the pool submit and the method-queue wake-up (~10 us, gthread's "
     "design), the per-turn heartbeat utime (~3.5 us, in gthread's run loop, which the "
     "balancing work owns), werkzeug/Flask's own ~90 us and gunicorn's parser and Response "
