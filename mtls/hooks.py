@@ -39,6 +39,7 @@ from typing import Any
 from mtls import metrics
 from mtls.balance import ConnectionTable
 from mtls.errors import MtlsError
+from mtls.forkquiet import fork_quiet
 from mtls.health import Status, assess
 from mtls.reloadstatus import ReloadStatus
 from mtls.serverstate import (
@@ -96,8 +97,8 @@ def on_starting(server: Any) -> None:
     # watcher or the metrics thread was making one left the worker waiting
     # on it forever (seen: a worker stuck at boot in its first
     # Certificate.serial_number). Made here, in the only thread, they exist
-    # before either starts; the watcher's own look at the state is then done
-    # under _LOADING, which every fork waits for.
+    # before either starts; both threads' own reads are then done under
+    # fork_quiet() (mtls.forkquiet), which every fork waits for.
     assess(state, None, datetime.datetime.now(datetime.UTC))
     setattr(server, _STATE, state)
     setattr(server, _LISTENER, ListenerContexts(state.settings, state.context))
@@ -183,7 +184,7 @@ def on_reload(server: Any) -> None:
     workers keep the listener context, and so every session ticket, unless
     the change is one that must end old sessions (needs_new_workers).
     """
-    with _LOADING:  # never interleaved with the watcher's load (hostile review)
+    with fork_quiet():  # never interleaved with the watcher's load (hostile review)
         _reload_for_new_workers(server)
 
 
@@ -198,7 +199,7 @@ def _reload_for_new_workers(server: Any) -> None:
 def _reload_running_workers(server: Any) -> None:
     """The watcher saw the files change: swap a valid new set into the running workers.
 
-    Called under _LOADING. The state is published to the workers
+    Called under fork_quiet(). The state is published to the workers
     (mtls.statechannel) and becomes the master's, for workers forked later;
     a change that needs new workers is left to SIGHUP (on_reload loads it
     again there, with whatever the files hold by then).
@@ -224,7 +225,7 @@ def _reload_running_workers(server: Any) -> None:
 def _adopt(server: Any, new: TlsState, verb: str) -> None:
     """Make ``new`` the master's state: for the workers forked from now on, and the listener's.
 
-    The one rule for both reload paths, under _LOADING: the listener keeps its
+    The one rule for both reload paths, under fork_quiet(): the listener keeps its
     session context (every worker's session-ticket key) and only moves its
     handshakes to the new context, unless the change must end the old
     sessions (needs_new_workers), which takes a new listener and so a new key.
@@ -266,16 +267,6 @@ def _try_load(server: Any) -> tuple[TlsState, FileSet] | None:
     return new, files
 
 
-# The watcher loads files (OpenSSL, cryptography) in its own thread; a fork at
-# that moment would hand the worker OpenSSL's locks held, and it would hang as
-# a worker once did on an import lock. Every fork of this process waits for a
-# load in progress, and no load starts during a fork.
-_LOADING = threading.Lock()
-os.register_at_fork(
-    before=_LOADING.acquire, after_in_parent=_LOADING.release, after_in_child=_LOADING.release
-)
-
-
 def _one_line(message: str) -> str:
     """A multi-problem message as one log line: `a: | b | c`."""
     return " | ".join(part.strip().removeprefix("- ") for part in message.splitlines())
@@ -307,7 +298,7 @@ def _watch(server: Any, interval: float) -> None:
     renewal renames the key and the certificate one after the other, and a
     poll between the two would refuse the mix with an ERROR (and a moved
     mtls_reload_failures_total) for what is no fault at all. It is loaded
-    here first, under _LOADING (no fork meanwhile); one that loads and
+    here first, under fork_quiet() (no fork meanwhile); one that loads and
     differs is swapped into the running workers, and a refused or merely
     touched set changes nothing: whoever can write the CRL file cannot
     recycle every worker with junk. It never ends on an
@@ -326,9 +317,9 @@ def _watch(server: Any, interval: float) -> None:
                     last, settling = current, True  # still being written, maybe
                 elif settling:
                     settling = False
-                    with _LOADING:
+                    with fork_quiet():
                         _reload_running_workers(server)
-            with _LOADING:  # no fork in the middle of cryptography's calls (on_starting)
+            with fork_quiet():  # no fork in the middle of cryptography's calls
                 health = assess(*_snapshot(server), datetime.datetime.now(datetime.UTC))
             now = time.monotonic()
             if (health.status, health.problems) != reported or (

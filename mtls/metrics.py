@@ -26,6 +26,7 @@ import tempfile
 from collections.abc import Iterator
 from typing import Any, Protocol
 
+from mtls.forkquiet import fork_quiet
 from mtls.identity import format_serial
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -170,11 +171,13 @@ class MasterFacts:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         state, reloads = self._source()
-        leaf = state.leaf
+        with fork_quiet():  # cryptography, in the master's scrape thread: mtls.forkquiet
+            not_after = state.leaf.not_valid_after_utc.timestamp()
+            serial = state.leaf.serial_number
         yield GaugeMetricFamily(
             "mtls_server_cert_not_after_timestamp_seconds",
             "The served certificate's notAfter (Unix time)",
-            value=leaf.not_valid_after_utc.timestamp(),
+            value=not_after,
         )
         if state.crl_next_update is not None:
             yield GaugeMetricFamily(
@@ -198,5 +201,5 @@ class MasterFacts:
             "The served certificate (always 1)",
             labels=["serial", "subject"],
         )
-        info.add_metric([format_serial(leaf.serial_number), state.subject_dn], 1)
+        info.add_metric([format_serial(serial), state.subject_dn], 1)
         yield info

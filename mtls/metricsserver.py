@@ -18,6 +18,7 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from mtls.forkquiet import fork_quiet
 from mtls.health import assess
 from mtls.metrics import MasterFacts, exposition
 from mtls.reloadstatus import ReloadStatus
@@ -45,7 +46,9 @@ class _Handler(BaseHTTPRequestHandler):
             return self._metrics()
         if path == "/healthz":
             state, reloads = self.server.source()
-            health = assess(state, reloads.snapshot(), datetime.datetime.now(datetime.UTC))
+            snapshot, now = reloads.snapshot(), datetime.datetime.now(datetime.UTC)
+            with fork_quiet():  # assess reads the certificate (cryptography): mtls.forkquiet
+                health = assess(state, snapshot, now)
             body = json.dumps(health.body).encode()
             return self._send(health.http_status, body, "application/json")
         self._send(404, b'{"message": "Not found"}', "application/json")
@@ -56,7 +59,10 @@ class _Handler(BaseHTTPRequestHandler):
         and a scrape that still fails gets a 500 and a log line, never a dropped
         connection. (Seen: a new worker's file read between prometheus_client's
         open and its truncate to size, empty, raised struct.error; the scrape
-        under a reload lost its connection.)"""
+        under a reload lost its connection.) The files are read outside
+        fork_quiet(): they need no lock a child would inherit (mtls.forkquiet),
+        and a fork would wait for the whole scrape; MasterFacts takes it only
+        around its certificate reads."""
         for attempt in range(3):
             try:
                 body, content_type = exposition(self.server.facts)
