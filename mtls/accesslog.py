@@ -30,20 +30,89 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
-# A %(name)... conversion of the format; "%%(" is a literal and not an atom.
-_ATOM = re.compile(r"(?<!%)(?:%%)*%\(([^)]*)\)")
 _SIMPLE = "hlutrsmUqHbBfaTDMLp"
 
 Getter = Callable[[Any, Any, Any, Mapping[str, Any], Any], Any]
 
 
+class Conversion(NamedTuple):
+    """One ``%`` conversion of a format, as Python's ``str % args`` reads it."""
+
+    start: int  # the '%'
+    key_end: int  # just after the ')' closing the name (start + 1 if unnamed)
+    name: str | None  # None: an unnamed conversion ("%s")
+    one_value: bool  # formats one value: no '*' width or precision, a known type
+
+
+def conversions(fmt: str) -> tuple[Conversion, ...]:
+    """The conversions of ``fmt``, read as CPython's ``PyUnicode_Format`` reads them.
+
+    One home for what a format names, so the names are Python's own: a name
+    runs to the ``)`` that balances its ``(`` (``%(a(b)c)s`` names
+    ``a(b)c``), ``%%`` is a literal only straight after a ``%``, and the
+    flags, width, precision and length after a name are skipped, so the
+    ``%`` that ends ``%(a)%`` is that conversion's type, not a literal.
+    An incomplete name or conversion, which Python rejects whatever the
+    values, ends the tuple as a conversion of no one value (named if its
+    name was complete: Python looks that up before it finds the rest
+    missing): a format holding one is formatted from the mapping, and
+    raises there as gunicorn's does.
+    """
+    found: list[Conversion] = []
+    end = len(fmt)
+    i = fmt.find("%")
+    while i != -1:
+        start, i = i, i + 1
+        if i < end and fmt[i] == "%":
+            i = fmt.find("%", i + 1)
+            continue
+        name = None
+        if i < end and fmt[i] == "(":
+            depth, j = 1, i + 1
+            while j < end and depth:
+                depth += _PAREN.get(fmt[j], 0)
+                j += 1
+            if depth:
+                break
+            name, i = fmt[i + 1 : j - 1], j
+        key_end = i
+        while i < end and fmt[i] in "-+ #0":
+            i += 1
+        star = i < end and fmt[i] == "*"
+        i = i + 1 if star else _digits(fmt, i)
+        if i < end and fmt[i] == ".":
+            i += 1
+            if i < end and fmt[i] == "*":
+                star, i = True, i + 1
+            else:
+                i = _digits(fmt, i)
+        if i < end and fmt[i] in "hlL":
+            i += 1
+        if i >= end:
+            break
+        found.append(Conversion(start, key_end, name, not star and fmt[i] in "diouxXeEfFgGcrsa"))
+        i = fmt.find("%", i + 1)
+    else:
+        return tuple(found)
+    return (*found, Conversion(start, end, name, False))  # Python looks a whole name up first
+
+
+_PAREN = {"(": 1, ")": -1}
+
+
+def _digits(fmt: str, i: int) -> int:
+    """Just after the ASCII digits from ``i`` (CPython reads widths as '0'-'9' only)."""
+    while i < len(fmt) and "0" <= fmt[i] <= "9":
+        i += 1
+    return i
+
+
 def atom_names(fmt: str) -> tuple[str, ...]:
     """The atoms ``fmt`` names, each once, in order of first use."""
-    return tuple(dict.fromkeys(_ATOM.findall(fmt)))
+    return tuple(dict.fromkeys(c.name for c in conversions(fmt) if c.name is not None))
 
 
 class AccessFormat:
@@ -61,16 +130,22 @@ class AccessFormat:
     def __init__(self, fmt: str) -> None:
         self.fmt = fmt
         self._getters = tuple((name, _getter(name)) for name in atom_names(fmt))
-        uses = [m[1] for m in _ATOM.finditer(fmt)]
-        # '%' left once the atoms and the '%%' literals are gone: an unnamed conversion
-        unnamed = "%" in _ATOM.sub("", fmt).replace("%%", "")
+        found = conversions(fmt)
         self._positional: str | None = None
         self._uses: tuple[Getter, ...] = ()
-        if uses and not unnamed and len(uses) == len(self._getters):  # each atom once
+        if (
+            found
+            and all(c.name is not None and c.one_value for c in found)
+            and len(found) == len(self._getters)  # each atom once
+        ):
             by_name = dict(self._getters)
-            # "%%%(s)d" -> "%%%d": the '%%' run before the atom stays, "%(s)" becomes "%"
-            self._positional = _ATOM.sub(lambda m: m[0][: -len(m[1]) - 3] + "%", fmt)
-            self._uses = tuple(by_name[name] for name in uses)
+            # "%%%(s)5d" -> "%%%5d": the "(s)" of each conversion goes, the rest stays
+            pieces, done = [], 0
+            for c in found:
+                pieces += [fmt[done : c.start + 1]]
+                done = c.key_end
+            self._positional = "".join(pieces) + fmt[done:]
+            self._uses = tuple(by_name[c.name] for c in found if c.name is not None)
 
     def line(self, log: Any, resp: Any, req: Any, environ: Mapping[str, Any], took: Any) -> str:
         """The line gunicorn would log: ``fmt % SafeAtoms(atoms(...))``, for these atoms only."""
@@ -106,7 +181,12 @@ def _braced(name: str) -> Getter:
         return _dash
     key, kind = lowered[1:-2], lowered[-1]
     if kind == "e":
-        spellings = tuple(dict.fromkeys((key.upper(), key, name[1:-2])))
+        # only spellings gunicorn lower-cases to key: 'ß'.upper() is 'SS', which it reads as 'ss'
+        spellings = tuple(
+            s for s in dict.fromkeys((key.upper(), key, name[1:-2])) if s.lower() == key
+        )
+        if not spellings:
+            return lambda log, resp, req, env, took: _environ_value(env, (), key)
         upper = spellings[0]
 
         def environ_atom(log: Any, resp: Any, req: Any, env: Mapping[str, Any], took: Any) -> Any:

@@ -102,7 +102,37 @@ def test_the_shipped_format_is_formatted_from_a_tuple_and_the_same_as_from_atoms
     assert AccessFormat(SPECS)._positional is None  # %(p)s twice: the mapping
 
 
-@pytest.mark.parametrize("fmt", ["%(h)s %s", "%(h)s 100%", "%(h)s %d%%"])
+# names as Python's % reads them: to the balancing ')', '%' and '(' included
+NESTED = ["%(a(b)c)s", "%(h)s %(x%(y)s)s|%(s)s", "%({x(y)}e)s", "%(a(b))s"]
+
+
+@pytest.mark.parametrize("fmt", NESTED)
+def test_a_name_with_parentheses_is_the_name_pythons_percent_reads(
+    served: tuple[Any, Any, dict[str, Any]], fmt: str
+) -> None:
+    resp, req, environ = served
+    environ["x(y)"] = "paren"
+    took = datetime.timedelta(microseconds=1500)
+    ours = AccessFormat(fmt).line(glogging.Logger(Config()), resp, req, environ, took)
+    assert ours == gunicorn_line(fmt, resp, req, environ, took)
+
+
+def test_an_environ_atom_is_only_a_key_gunicorn_lower_cases_to_its_name(
+    served: tuple[Any, Any, dict[str, Any]],
+) -> None:
+    resp, req, environ = served
+    environ["SS"] = "upper"  # 'ß'.upper() == 'SS', but gunicorn reads "SS" as {ss}e, not {ß}e
+    took = datetime.timedelta()
+    fmt = "%({ß}e)s %({ss}e)s"
+    ours = AccessFormat(fmt).line(glogging.Logger(Config()), resp, req, environ, took)
+    assert ours == gunicorn_line(fmt, resp, req, environ, took) == "- upper"
+
+
+# the '%' after "%(h)" is that conversion's type (unsupported), not the start of a '%%';
+# a conversion cut off after its name: Python looks the name up first
+@pytest.mark.parametrize(
+    "fmt", ["%(h)s %s", "%(h)s 100%", "%(h)s %d%%", "%(h)%%(s)s", "%(h)s %(s)", "%(s)*"]
+)
 def test_a_format_with_an_unnamed_conversion_fails_as_gunicorns_does(
     served: tuple[Any, Any, dict[str, Any]], fmt: str
 ) -> None:
