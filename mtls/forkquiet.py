@@ -26,7 +26,11 @@ stays outside:
   child never touches; its modules are imported before the first fork
   (mtls.metrics.start_multiprocess_dir), so no import lock either.
 - logging: CPython takes its module lock around every fork and
-  re-creates each handler's lock in the child.
+  re-creates each handler's lock in the child. Sections log (a refused
+  reload), and a log call can take that module lock, so a fork must take
+  fork_quiet() first and logging's lock second, never the other way round:
+  fork handlers registered later run first, so logging is imported (its
+  handler registered) before ours, whoever imports this module first.
 
 The same lock also keeps the master's two reload paths (the watcher's and
 SIGHUP's, mtls.hooks) from interleaving. Not reentrant: never fork, and
@@ -35,6 +39,7 @@ never enter it again, inside a section.
 
 from __future__ import annotations
 
+import logging  # noqa: F401  # before register_at_fork below: the lock order (docstring)
 import os
 import threading
 from contextlib import AbstractContextManager

@@ -17,6 +17,8 @@ import logging
 import os
 import select
 import signal
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -223,3 +225,47 @@ def test_workers_forked_throughout_a_scrape_loop_all_start(state: TlsState, tmp_
             scraper.join(UNTIL)
     assert statuses
     assert set(statuses) == {200}, statuses
+
+
+# A fresh interpreter imports mtls.forkquiet before logging, then forks from its main
+# thread while a second thread, inside fork_quiet(), logs (as the watcher does when a
+# reload is refused). ``go`` is set by a fork handler that runs, in the forking
+# thread, after logging's (module lock taken) and before fork_quiet's where
+# mtls.forkquiet registered first: the forking thread then holds logging's lock and
+# waits for fork_quiet(), whose holder waits for logging's lock.
+_LOG_IN_A_SECTION = """
+import os, sys, threading
+assert "logging" not in sys.modules, "the race needs mtls.forkquiet imported first"
+from mtls.forkquiet import fork_quiet
+go = threading.Event()
+os.register_at_fork(before=go.set)
+import logging
+held = threading.Event()
+def section():
+    with fork_quiet():
+        held.set()
+        go.wait(5)
+        logging.getLogger("mtls.test").error("in a section")  # takes logging's module lock
+threading.Thread(target=section, daemon=True).start()
+held.wait(5)
+pid = os.fork()
+if pid == 0:
+    os._exit(0)
+os.waitpid(pid, 0)
+print("forked")
+"""
+
+
+def test_a_section_that_logs_never_deadlocks_a_fork_whoever_imported_logging_first() -> None:
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", _LOG_IN_A_SECTION],
+            capture_output=True,
+            text=True,
+            timeout=UNTIL,
+            cwd=Path(__file__).resolve().parent.parent,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("the fork and the section that logs deadlocked (at-fork lock order)")
+    assert (done.returncode, done.stdout) == (0, "forked\n"), done.stderr
