@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from bench import accesstimer, clients, procstat, report
-from bench.run import Sample, row_from
+from bench.run import Sample, _notes, row_from
 from bench.servers import Server
 
 
@@ -226,3 +226,22 @@ def test_access_timer_wraps_the_workers_logger_only_when_asked(
     accesstimer.install(worker)
     assert worker.log.access("r") == "logged"
     assert accesstimer.read(tmp_path)[0] == 1
+
+
+def test_rss_flatness_compares_the_soak_with_its_own_reading_before_it() -> None:
+    """Not the round's reading: the resume and stalled checks ran on ours in between."""
+
+    def rss(test: str, mib: float, served: int) -> dict[str, object]:
+        return {"server": "ours", "test": test, "round": 0, "ok": True, "rss_mib": mib,
+                "requests_so_far": served}  # fmt: skip
+
+    round_end = rss("rss", 39.7, 863)
+    presoak = rss("rss-presoak", 44.2, 863)  # after 1,000 stalled connections, no request
+    flatness = [n for n in _notes([round_end, presoak, rss("rss-soak", 44.3, 100_863)])
+                if n.startswith("ours RSS flatness")]  # fmt: skip
+    assert flatness == [
+        "ours RSS flatness: 44.2 MiB after 863 operations, 44.3 MiB after 100,863 (+0.10 MiB)."
+    ]
+    # --quick: no soak requests, so no growth to put down to them
+    quick = _notes([round_end, presoak, rss("rss-soak", 44.2, 863)])
+    assert not [n for n in quick if n.startswith("ours RSS flatness")]
