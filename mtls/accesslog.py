@@ -110,6 +110,17 @@ def _digits(fmt: str, i: int) -> int:
     return i
 
 
+def names_every_conversion(fmt: str) -> bool:
+    """Whether each conversion of ``fmt`` names an atom.
+
+    An unnamed one (``"%s"``) formats the mapping itself: in gunicorn's
+    line that is every atom it knows, the whole environ with them, which
+    only gunicorn's own ``access`` reproduces, so MtlsLogger leaves such a
+    format to it.
+    """
+    return all(c.name is not None for c in conversions(fmt))
+
+
 def atom_names(fmt: str) -> tuple[str, ...]:
     """The atoms ``fmt`` names, each once, in order of first use."""
     return tuple(dict.fromkeys(c.name for c in conversions(fmt) if c.name is not None))

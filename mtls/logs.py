@@ -132,7 +132,11 @@ class MtlsLogger(glogging.Logger):  # type: ignore[misc]  # gunicorn is untyped
         self._access_format = None
         settings = getattr(cfg, "settings", None)
         self._format_setting = settings.get("access_log_format") if settings else None
-        if isinstance(fmt, str) and accesslog.fast_path_allowed(cfg, self.access_log):
+        if (
+            isinstance(fmt, str)
+            and accesslog.names_every_conversion(fmt)
+            and accesslog.fast_path_allowed(cfg, self.access_log)
+        ):
             self._access_format = accesslog.AccessFormat(fmt)
         for log in (self.error_log, self.access_log):
             for handler in log.handlers:

@@ -212,6 +212,21 @@ def test_a_changed_format_is_gunicorns_path_until_setup_compiles_it(
     assert stream.getvalue() == 'GET last\\"one\n' * 2
 
 
+def test_a_format_with_an_unnamed_conversion_is_logged_by_gunicorns_own_access(
+    served: tuple[Any, Any, dict[str, Any]],
+) -> None:
+    """``"%s" % atoms`` shows the mapping: gunicorn's holds every atom, ours only the named."""
+    resp, req, environ = served
+    stream = io.StringIO()
+    log = logger_writing_to(stream, access_log_format="%s %% %(s)s")
+    assert log._access_format is None
+    log.access(resp, req, environ, datetime.timedelta())
+    line = stream.getvalue()
+    assert line.startswith("{'h': '127.0.0.1', 'l': '-',"), line  # ours read "{} % 200"
+    assert line.endswith("} % 200\n"), line
+    assert "'{ssl_client_s_dn}e': " in line, line
+
+
 @pytest.fixture
 def plain_logger() -> tuple[logging.Logger, logging.StreamHandler[io.StringIO]]:
     """A logger as gunicorn sets up its access log: no propagation, one escaping stream handler."""
