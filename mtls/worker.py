@@ -281,9 +281,11 @@ class MtlsWorker(ThreadWorker):  # type: ignore[misc]
             elif conn.phase == "sniff":
                 self._refuse_unexpected_proxy_header(conn)
             elif conn.phase == "tls":
-                if conn.sock is conn.raw:
-                    self._start_tls(conn)
+                # Peeked on the bare socket first: a peer that has sent
+                # nothing gets no TLS object (_start_tls says what it costs).
                 if conn.heard_from or self._has_sent_something(conn):
+                    if conn.sock is conn.raw:
+                        self._start_tls(conn)
                     self._step_handshake(conn)
             elif conn.phase == "idle":
                 self._read_head(conn)
@@ -317,6 +319,16 @@ class MtlsWorker(ThreadWorker):  # type: ignore[misc]
     # -- TLS handshake (main thread) ------------------------------------------
 
     def _start_tls(self, conn: MtlsConn) -> None:
+        """Wrap the socket once the peer has sent something (its ClientHello, as a rule).
+
+        A wrapped socket costs ~9 KiB (OpenSSL's SSL object, 8.4 KiB, and
+        ssl.py's), and glibc keeps what it frees: 1,000 silent peers (one
+        full MTLS_MAX_HANDSHAKES) left a worker ~9 MiB larger for good when
+        each was wrapped at accept. Unwrapped, a silent peer costs ~1 KiB.
+        The bare socket is taken off the poller first: wrap_socket detaches
+        it, and the poller must hold the socket that is read from now on.
+        """
+        self._unregister(conn)
         # The listener context; its SNI callback moves the handshake to the
         # current state's context (mtls.tls.ListenerContexts).
         conn.sock = self.contexts.session.wrap_socket(
