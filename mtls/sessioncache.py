@@ -21,9 +21,9 @@ nothing, and one more number to defend; off is 0 bytes.
 Python's ssl module has no setter for it (SSL_CTX_set_session_cache_mode is
 a macro over SSL_CTX_ctrl), so this goes through ctypes into the libssl that
 _ssl itself is linked to. Before writing through the context's SSL_CTX
-pointer, it checks that the pointer is one (its options and OpenSSL version
-match ssl's own view, the cache reads OpenSSL's defaults). When anything
-does not check out, it fails open: a WARNING, once per process, and the
+pointer, it checks that the pointer is one (CPython, the OpenSSL version
+ssl reports; then its options match ssl's view, the cache reads OpenSSL's
+defaults). When anything does not check out, it fails open: a WARNING, once per process, and the
 cache stays at OpenSSL's default. The failure mode is bounded memory
 (20,480 sessions per worker, ~240 MiB), not a hole in authentication, and
 refusing to start on an unusual Python build (OpenSSL linked statically into
@@ -38,6 +38,7 @@ import _ssl
 import ctypes
 import logging
 import ssl
+import sys
 from dataclasses import dataclass
 
 logger = logging.getLogger("mtls.tls")
@@ -63,22 +64,31 @@ RISK = (
 class Observed:
     """What OpenSSL, reached through the pointer, says about the context."""
 
-    version: int  # OpenSSL_version_num() of the libssl found
     options: int  # SSL_CTX_get_options(ptr)
     cache_size: int  # SSL_CTRL_GET_SESS_CACHE_SIZE
     cache_mode: int  # SSL_CTRL_GET_SESS_CACHE_MODE
 
 
+def wrong_library(implementation: str, version: int) -> str | None:
+    """Why the pointer must not even be read, or None: checked before any dereference.
+
+    The layout (SSL_CTX* first after the header) is CPython's, and the
+    functions must come from the libssl that ssl itself uses.
+    """
+    if implementation != "cpython":
+        return f"{implementation} is not CPython: the SSLContext layout is unknown"
+    if version != ssl.OPENSSL_VERSION_NUMBER:
+        return f"libssl found is {version:#x}, ssl uses {ssl.OPENSSL_VERSION_NUMBER:#x}"
+    return None
+
+
 def mismatch(seen: Observed, ctx_options: int) -> str | None:
     """Why the pointer is not (provably) ``ctx``'s fresh SSL_CTX, or None when it is.
 
-    The same libssl as ssl's (same version number), the same options as
-    ``ctx.options`` (a 64-bit word that no other object at that address is
-    likely to share), and OpenSSL's defaults for a context nobody has
-    touched. Pure: the ctypes reads are in _observe.
+    The same options as ``ctx.options`` (a 64-bit word that no other object
+    at that address is likely to share), and OpenSSL's defaults for a
+    context nobody has touched. Pure: the ctypes reads are in _observe.
     """
-    if seen.version != ssl.OPENSSL_VERSION_NUMBER:
-        return f"libssl found is {seen.version:#x}, ssl uses {ssl.OPENSSL_VERSION_NUMBER:#x}"
     if seen.options != ctx_options:
         return f"SSL_CTX_get_options gave {seen.options:#x}, ctx.options is {ctx_options:#x}"
     if (seen.cache_size, seen.cache_mode) != (DEFAULT_CACHE_SIZE, SSL_SESS_CACHE_SERVER):
@@ -117,7 +127,6 @@ def _ssl_ctx_pointer(ctx: ssl.SSLContext) -> int | None:
 
 def _observe(lib: _LibSsl, ptr: int) -> Observed:
     return Observed(
-        version=lib.version(),
         options=lib.get_options(ptr),
         cache_size=lib.ctrl(ptr, SSL_CTRL_GET_SESS_CACHE_SIZE, 0, None),
         cache_mode=lib.ctrl(ptr, SSL_CTRL_GET_SESS_CACHE_MODE, 0, None),
@@ -142,6 +151,9 @@ def disable_session_cache(ctx: ssl.SSLContext) -> bool:
 
 
 def _disable(lib: _LibSsl, ctx: ssl.SSLContext) -> str | None:
+    why = wrong_library(sys.implementation.name, lib.version())
+    if why is not None:
+        return why
     ptr = _ssl_ctx_pointer(ctx)
     if not ptr:
         return "the context has no SSL_CTX pointer"
