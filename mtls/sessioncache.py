@@ -23,8 +23,8 @@ a macro over SSL_CTX_ctrl), so this goes through ctypes into the libssl that
 _ssl itself is linked to. Before writing through the context's SSL_CTX
 pointer, it checks that the pointer is one (CPython, the OpenSSL version
 ssl reports; then its options match ssl's view, the cache reads OpenSSL's
-defaults). When anything does not check out, it fails open: a WARNING, once per process, and the
-cache stays at OpenSSL's default. The failure mode is bounded memory
+defaults). When anything does not check out, it fails open: a WARNING,
+once per process, and the cache stays at OpenSSL's default. The failure mode is bounded memory
 (20,480 sessions per worker, ~240 MiB), not a hole in authentication, and
 refusing to start on an unusual Python build (OpenSSL linked statically into
 the interpreter, a changed object layout) would turn that bounded risk into
