@@ -34,6 +34,8 @@ Option by option, server (listener) / client (session), and why:
   refusal's diagnosis (mtls.failures) / not kept.
 - TLS 1.3 session tickets: 1 per full handshake, not OpenSSL's 2 / whatever
   the server sends (urllib3 never resumes a session).
+- server-side session cache: off (mtls.sessioncache; resumption is by
+  ticket only) / OpenSSL's default (a client caches its own sessions).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ import ssl
 from collections.abc import Callable
 from typing import Any
 
+from mtls.sessioncache import disable_session_cache
 from mtls.settings import ServerSettings
 
 #: TLS 1.3 tickets sent after a full handshake (OpenSSL's default is 2, nginx keeps it).
@@ -107,6 +110,9 @@ def new_server_context(settings: ServerSettings) -> ssl.SSLContext:
     # connections at once after one full handshake can resume one of them
     # unless it reuses the ticket (OpenSSL's and Go's clients do).
     ctx.num_tickets = SESSION_TICKETS
+    # No server-side session cache: it would keep every TLS 1.2 session of a
+    # client without tickets for the worker's life (mtls.sessioncache).
+    disable_session_cache(ctx)
     ctx.sni_callback = _remember_sni
     # Diagnostics only: keep the client's Certificate message, so a refused
     # handshake can say whose certificate it was and whether only its
