@@ -139,14 +139,17 @@ KEEPALIVE_NOTES = [
     "accepting now and then (target 6's last probe: 1.6 s); never deferring to a worker "
     "that is deferring itself brought it back to 0.19-0.36 s max, as without balancing "
     "(0.14-0.30 s in the same minutes).",
-    "This afternoon the host ran every figure ~3x its morning value (load from outside this "
-    "machine); 1b read 0.88x on the quiet morning run and 0.74-0.80x in the three afternoon "
-    "runs. A/B in the same minutes (5 interleaved rounds of 1 s, median server CPU us/op): "
-    "balancing on / off on the same code: bare handshake 5,210 / 5,276, new connection + "
-    "request 7,314 / 7,679, so balancing costs nothing measurable; this session's code / the "
-    "morning's: 4,966 / 4,787 and 7,033 / 6,462, per-round ranges overlapping (4,646-5,119 / "
-    "4,580-4,802): within this machine's noise or this session's other changes, not pinned "
-    "down.",
+    "Target 1b read 0.88x in the morning's run (10:17 UTC) and 0.74-0.81x in every run "
+    "since. Not this day's code: HEAD against the morning's commit (0713990), each started "
+    "afresh in each of 8 rounds, 3 interleaved slices of 1 s with nginx, bare handshakes: "
+    "3,786 / 3,746 us median (paired differences -388 to +247), 1b 0.80x / 0.81x in the same "
+    "minutes. Nor outside load: a fresh machine with a load average of 0.08-0.61 ran every "
+    "figure ~3x the morning's (nginx's bare handshake 3,273-4,055 us against 1,303). What is "
+    "left is the instance: the morning's run measured one ours for all its rounds, and fresh "
+    "instances of the same code read 3,325-4,002 us in the A/B's 8 rounds (+-10 %), the "
+    "spread between 0.88x and 0.78x. Also measured: balancing on / off on the same code, bare "
+    "handshake 5,210 / 5,276 us, new connection + request 7,314 / 7,679 (5 interleaved "
+    "rounds), so balancing costs nothing measurable.",
     "Target 4 (RSS flat over 100k): no leak. Soaked apart from the bench (2 workers x 4 "
     "threads, VmRSS per worker): ours keep-alive 40.0/40.0 MiB after 20k, 100k, 200k and "
     "400k requests, plain-HTTP gunicorn 39.8/39.8, stock gunicorn TLS 42.5 -> 42.9; Python's "
@@ -160,5 +163,7 @@ KEEPALIVE_NOTES = [
     "Found on the way: TLS 1.2 clients that do not use session tickets grew each worker "
     "~12 KiB per handshake (40 -> 160 MiB after 20k connections): OpenSSL's server session "
     "cache on the long-lived listener context, bounded only by its default 20,480 sessions "
-    "(stock gunicorn makes a context per socket). See SECURITY.md for the bound now set.",
+    "(stock gunicorn makes a context per socket). Done: the server contexts keep no "
+    "sessions (mtls/sessioncache.py; tickets resume as before): +0.03 KiB per such "
+    "connection, from +12.3 (2,000 connections, 2 workers).",
 ]
