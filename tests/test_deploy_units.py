@@ -29,6 +29,7 @@ import pwd
 import re
 import shlex
 import shutil
+import socket
 import ssl
 import subprocess
 import sys
@@ -345,8 +346,22 @@ def test_the_renewal_units_rotate_a_running_server(demo_pki: Path, tmp_path: Pat
 
 
 def refused(server: Server, ctx: ssl.SSLContext) -> bool:
+    """Not served: a TLS alert, a reset, or the connection closed without a response.
+
+    The last is a handshake that began on the replaced CRL's context and
+    ended after the worker swapped in the new one: its request is judged
+    against the new CRL (mtls.worker's kept-alive re-check) and the
+    connection closes unanswered. Seen once in a full run.
+    """
     try:
-        get(server, ctx)
-    except (ssl.SSLError, ConnectionResetError):
+        with (
+            socket.create_connection((server.host, server.port), timeout=10) as raw,
+            ctx.wrap_socket(raw, server_hostname="localhost") as tls,
+        ):
+            tls.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            answer = b""
+            while chunk := tls.recv(65536):
+                answer += chunk
+    except (ssl.SSLError, ConnectionError):
         return True
-    return False
+    return not answer.startswith(b"HTTP/1.1 200")
