@@ -143,34 +143,30 @@ class AccessFormat:
         self._getters = tuple((name, _getter(name)) for name in atom_names(fmt))
         found = conversions(fmt)
         self._positional: str | None = None
-        self._uses: tuple[Getter, ...] = ()
         if (
             found
             and all(c.name is not None and c.one_value for c in found)
             and len(found) == len(self._getters)  # each atom once
         ):
-            by_name = dict(self._getters)
+            # Each atom once, so the conversions name them in _getters' order
+            # (atom_names: order of first use): the same values fill the tuple.
             # "%%%(s)5d" -> "%%%5d": the "(s)" of each conversion goes, the rest stays
             pieces, done = [], 0
             for c in found:
                 pieces += [fmt[done : c.start + 1]]
                 done = c.key_end
             self._positional = "".join(pieces) + fmt[done:]
-            self._uses = tuple(by_name[c.name] for c in found if c.name is not None)
 
     def line(self, log: Any, resp: Any, req: Any, environ: Mapping[str, Any], took: Any) -> str:
         """The line gunicorn would log: ``fmt % SafeAtoms(atoms(...))``, for these atoms only."""
-        if self._positional is not None:
-            values = []
-            for get in self._uses:
-                value = get(log, resp, req, environ, took)
-                values.append(value.replace('"', '\\"') if isinstance(value, str) else value)
-            return self._positional % tuple(values)
-        atoms: dict[str, Any] = {}
-        for name, get in self._getters:
+        values = []
+        for _, get in self._getters:
             value = get(log, resp, req, environ, took)
-            atoms[name] = value.replace('"', '\\"') if isinstance(value, str) else value
-        return self.fmt % atoms
+            values.append(value.replace('"', '\\"') if isinstance(value, str) else value)
+        if self._positional is not None:
+            return self._positional % tuple(values)
+        names = (name for name, _ in self._getters)
+        return self.fmt % dict(zip(names, values, strict=True))
 
 
 def _getter(name: str) -> Getter:
